@@ -1,0 +1,41 @@
+"""One wording for user errors across the CLI (exit 2) and the API (HTTP 422)."""
+
+from __future__ import annotations
+
+from pydantic import ValidationError
+
+__all__ = ["USER_ERRORS", "describe_error", "format_validation_error"]
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    """'field: rule (got value)' for each error of a pydantic validation, joined by '; '."""
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(x) for x in err["loc"] if x != "body") or "request"
+        msg = err["msg"].removeprefix("Value error, ")
+        if msg.startswith(f"{loc}:") or ":" in msg.split(" ")[0]:
+            parts.append(msg)
+        else:
+            got = err.get("input")
+            shown = "" if isinstance(got, dict) or got is None else f" (got {got!r})"
+            parts.append(f"{loc}: {msg}{shown}")
+    return "; ".join(parts)
+
+
+def describe_error(exc: BaseException) -> str:
+    """The one-line message of a user error."""
+    if isinstance(exc, ValidationError):
+        return format_validation_error(exc)
+    return str(exc)
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from partitioner.search import PlanningError
+    from profiler.configs import ModelConfigError
+    from profiler.gpus import UnknownGPUError
+    from profiler.profile import ProfileError
+
+    return (ValidationError, PlanningError, ModelConfigError, UnknownGPUError, ProfileError, ValueError)
+
+
+USER_ERRORS = _user_errors()

@@ -1,0 +1,179 @@
+"""The versioned Profile: per-unit costs of one model at one weight/KV dtype (plain data, no torch).
+
+An *analytic* profile holds device-independent facts (bytes, FLOPs per token, KV bytes per token);
+the cost model in :mod:`partitioner.costmodel` turns them into seconds for any GPU in the catalog.
+A *measured* profile additionally holds measured times per unit on one GPU kind, which the cost
+model interpolates wherever it has points. Both serialise to the same JSON (``schema_version`` 1).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+__all__ = [
+    "PROFILE_SCHEMA_VERSION",
+    "MeasuredPoint",
+    "ModelIdentity",
+    "Profile",
+    "ProfileError",
+    "UnitCost",
+    "load_profile",
+]
+
+PROFILE_SCHEMA_VERSION = 1
+Phase = Literal["prefill", "decode"]
+
+
+class ProfileError(ValueError):
+    """A profile file that cannot be used (missing, corrupt, wrong version, wrong model)."""
+
+
+class MeasuredPoint(BaseModel):
+    """One measured forward time of a unit.
+
+    prefill: ``tokens`` = prompt length of one sequence, ``context`` = ``tokens``.
+    decode: ``tokens`` = batch size (one new token per sequence), ``context`` = cached tokens.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    phase: Phase
+    tokens: int = Field(gt=0)
+    context: int = Field(ge=0)
+    time_s: float = Field(gt=0, description="median of the timed steps, seconds")
+    spread_s: float = Field(0.0, ge=0, description="interquartile range of the timed steps, seconds")
+    peak_bytes: int | None = Field(None, ge=0, description="transient peak memory of the forward, bytes")
+
+
+class UnitCost(BaseModel):
+    """Costs of one planning unit at the profile's dtypes. All sizes in bytes, all FLOPs per token."""
+
+    model_config = ConfigDict(frozen=True)
+
+    index: int
+    kind: Literal["embed", "decoder", "head"]
+    layer: int | None = None
+    modules: list[str]
+    signature: str
+    params: int = Field(ge=0)
+    active_params: int = Field(ge=0)
+    weight_bytes: int = Field(ge=0, description="weights at the profile's dtype (head: incl. a tied copy)")
+    expert_weight_bytes: int = Field(0, ge=0, description="routed experts' share of weight_bytes")
+    replicated_bytes: int = Field(0, ge=0, description="weights every TP rank holds whole (norms, biases)")
+    kv_proj_bytes: int = Field(0, ge=0, description="K/V projection weights (sharded over ≤ n_kv_heads ranks)")
+    num_experts: int = 0
+    experts_per_token: int = 0
+    linear_flops_per_token: int = Field(ge=0, description="2 × active matmul parameters")
+    attention: Literal["full", "sliding", "mla", "none"] = "none"
+    window: int | None = None
+    num_kv_heads: int = 0
+    kv_tp_shardable: bool = True
+    kv_bytes_per_token: int = Field(0, ge=0, description="KV-cache bytes per cached token (engine layout)")
+    kv_bytes_per_token_hf: int = Field(0, ge=0, description="KV-cache bytes per token in transformers' cache")
+    attn_flops_per_pair_prefill: int = 0
+    attn_flops_per_pair_decode: int = 0
+    act_bytes_per_token: int = Field(ge=0, description="bytes per token crossing a stage boundary after it")
+    allreduce_bytes_per_token: int = Field(0, ge=0, description="bytes per token of each TP all-reduce")
+    tp_allreduces: int = 0
+    workspace_bytes_per_token: int = Field(0, ge=0, description="transient activation bytes per token")
+    measured: list[MeasuredPoint] = Field(default_factory=list)
+
+
+class ModelIdentity(BaseModel):
+    """Which model a profile or plan is about."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    model_type: str
+    architecture: str
+    config_hash: str
+    num_layers: int
+    hidden_size: int
+    vocab_size: int
+    num_attention_heads: int
+    num_kv_heads: int
+    head_dim: int
+    tie_word_embeddings: bool
+    total_params: int
+    active_params: int
+
+
+class Efficiency(BaseModel):
+    """Fitted efficiency factors of the analytic model for one GPU kind (see ``ppplan calibrate``)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    compute: float = Field(gt=0, le=1.5, description="achieved / peak FLOP/s")
+    memory: float = Field(gt=0, le=1.5, description="achieved / peak HBM bandwidth")
+    overhead_s: float = Field(ge=0, description="fixed time per unit per forward, seconds")
+    fit_error: dict[str, float] = Field(default_factory=dict, description="median relative error per phase")
+    points: int = 0
+    source: str = ""
+
+
+class Profile(BaseModel):
+    """Per-unit costs of one model (schema v1)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    schema_version: Literal[1] = PROFILE_SCHEMA_VERSION
+    kind: Literal["analytic", "measured"]
+    model: ModelIdentity
+    weight_dtype: str
+    kv_dtype: str
+    act_dtype: str = "bf16"
+    quantization: str = ""
+    device: str | None = Field(None, description="GPU catalog name the measured points were taken on")
+    units: list[UnitCost]
+    calibration: dict[str, Efficiency] = Field(default_factory=dict, description="per GPU catalog name")
+    provenance: dict[str, str | int | float | list[int] | None] = Field(default_factory=dict)
+
+    @property
+    def profile_id(self) -> str:
+        """Content hash (16 hex digits): the same model, dtypes, units and points give the same id."""
+        body = self.model_dump(mode="json", exclude={"provenance"})
+        return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
+
+    @property
+    def label(self) -> str:
+        """Short human name: kind, model, dtypes, device, id."""
+        dev = f"@{self.device}" if self.device else ""
+        return f"{self.kind}:{self.model.name}:{self.weight_dtype}/kv-{self.kv_dtype}{dev}#{self.profile_id}"
+
+    def to_json(self) -> str:
+        """The profile as JSON text (indent 1)."""
+        return self.model_dump_json(indent=1)
+
+
+def load_profile(path: str | Path) -> Profile:
+    """Read a profile file.
+
+    Raises:
+        ProfileError: missing file, invalid JSON, wrong schema version or invalid fields.
+    """
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as exc:
+        raise ProfileError(f"profile: cannot read {str(p)!r} ({exc.strerror})") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ProfileError(f"profile: {str(p)!r} is not valid JSON ({exc})") from None
+    if not isinstance(data, dict) or data.get("schema_version") != PROFILE_SCHEMA_VERSION:
+        got = data.get("schema_version") if isinstance(data, dict) else None
+        raise ProfileError(
+            f"profile: {str(p)!r} has schema_version {got!r}; this ppplan reads version {PROFILE_SCHEMA_VERSION}"
+        )
+    try:
+        return Profile.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = ".".join(str(x) for x in first["loc"])
+        raise ProfileError(f"profile: {str(p)!r} field {loc}: {first['msg']}") from None
