@@ -1,7 +1,7 @@
 """The ``ppplan`` command line (typer + rich). Errors print one line and exit with status 2.
 
-Commands of other concerns register themselves here: ``api.cli_store`` (plans, serve, db) and
-``executor.cli`` (run) add their commands to :data:`app` when importable.
+Commands of other concerns register themselves here: ``api.cli_profile`` (calibrate),
+``api.cli_store`` (plans, serve, db) and ``executor.cli`` (run) add their commands to :data:`app`.
 """
 
 from __future__ import annotations
@@ -329,7 +329,7 @@ def partition(
 
 
 def _register_optional() -> None:
-    for mod in ("api.cli_store", "executor.cli"):
+    for mod in ("api.cli_profile", "api.cli_store", "executor.cli"):
         try:
             __import__(mod)
         except ImportError as exc:
