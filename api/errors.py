@@ -11,10 +11,10 @@ def format_validation_error(exc: ValidationError) -> str:
     """'field: rule (got value)' for each error of a pydantic validation, joined by '; '."""
     parts = []
     for err in exc.errors():
-        loc = ".".join(str(x) for x in err["loc"] if x != "body") or "request"
+        loc = ".".join(str(x) for x in err["loc"] if x != "body")
         msg = err["msg"].removeprefix("Value error, ")
-        if msg.startswith(f"{loc}:") or ":" in msg.split(" ")[0]:
-            parts.append(msg)
+        if not loc or msg.startswith(f"{loc}:"):
+            parts.append(msg)  # model-level rules already start with the fields they name
         else:
             got = err.get("input")
             shown = "" if isinstance(got, dict) or got is None else f" (got {got!r})"

@@ -4,11 +4,12 @@ Roofline per unit (DESIGN.md), with the details that decide stage balance:
 
     T = max(F / (t · peak_flops · η_f), B / (hbm_bw · η_b)) + tp_allreduces · AR(t) + overhead
 
-* F (FLOPs): 2 · active matmul params · tokens + attention pairs · FLOPs per pair. Decode pairs are
-  ``tokens · min(context, window)``; prefill pairs are causal, ``Σ_i min(i, window)``. The LM head
+* F (FLOPs): 2 · active matmul params · tokens + attention pairs · FLOPs per pair. Decode pairs
+  are ``tokens · min(context, window)``; prefill pairs are causal, ``Σ_i min(i, window)``. The LM head
   computes logits for sampled tokens only (the last prompt token in prefill).
-* B (bytes read): weights once per forward (the embedding only its tokens' rows); routed experts only the expected share touched by
-  the batch, ``1 - (1 - k/E)^tokens`` of them; decode also reads the KV cache of every sequence.
+* B (bytes read): weights once per forward (the embedding only its tokens' rows); routed experts
+  only the expected share touched by the batch, ``1 - (1 - k/E)^tokens`` of them; decode also
+  reads the KV cache of every sequence.
 * AR(t) = 2 (t-1)/t · bytes / link_bw + latency, for each all-reduce of ``hidden`` per token.
 * Memory per GPU: weights / t (norms and biases whole on every rank; K/V projections and KV cache
   sharded over at most ``n_kv_heads`` ranks, MLA's latent cache not at all), KV cache for the

@@ -20,7 +20,6 @@ __all__ = [
     "Baseline",
     "Candidate",
     "ClusterInfo",
-    "WorkloadInfo",
     "Degrees",
     "Metrics",
     "Plan",
@@ -29,6 +28,7 @@ __all__ = [
     "StageMemory",
     "StagePlan",
     "StageTimes",
+    "WorkloadInfo",
 ]
 
 PLAN_SCHEMA_VERSION = 1

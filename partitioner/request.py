@@ -73,7 +73,7 @@ class PlanRequest(BaseModel):
                 f"context: {self.context} tokens cannot hold prompt_tokens + output_tokens = "
                 f"{self.prompt_tokens + self.output_tokens}; raise context or leave it unset"
             )
-        count, gpu = parse_gpus(self.gpus)
+        count, _ = parse_gpus(self.gpus)
         if self.nodes is not None and self.nodes > count:
             raise ValueError(f"nodes: {self.nodes} nodes cannot hold {count} GPUs (at least one GPU per node)")
         if self.nodes is not None and count % self.nodes:

@@ -155,10 +155,8 @@ class _Planner:
 
     def replica_options(self, t: int, p: int) -> list[int]:
         per = t * p
-        if per <= self.gpn:
-            r_max = self.nodes * (self.gpn // per)
-        else:
-            r_max = self.count // per
+        # a replica that fits in a node stays inside one; larger ones span whole nodes
+        r_max = self.nodes * (self.gpn // per) if per <= self.gpn else self.count // per
         return list(range(1, r_max + 1))
 
     # ---- one configuration ------------------------------------------------------------------------
@@ -251,13 +249,24 @@ class _Planner:
         opts = {1, max(1, p // 2), p, 2 * p} if p > 1 else {1}
         return sorted(m for m in opts if m <= seqs)
 
+    def violation(self, e: _Eval) -> float:
+        """How far ``e`` misses the SLOs (0 when met): the worst ratio of predicted to allowed, minus 1."""
+        req, worst = self.req, 0.0
+        if req.max_tpot_ms is not None:
+            worst = max(worst, e.tpot * 1e3 / req.max_tpot_ms - 1)
+        if req.max_ttft_ms is not None:
+            worst = max(worst, e.ttft * 1e3 / req.max_ttft_ms - 1)
+        return worst
+
     def key(self, e: _Eval) -> tuple[float, ...]:
+        """Sort key, larger is better: SLO met first; among misses, the closest; then the objective."""
         obj = self.req.objective
+        miss = 0.0 if e.slo else -self.violation(e)
         if obj == "throughput":
-            return (e.slo, e.thr, -e.tpot, -e.gpus)
+            return (e.slo, miss, e.thr, -e.tpot, -e.gpus)
         if obj == "latency":
-            return (e.slo, -e.tpot, -e.ttft, e.thr)
-        return (e.slo, -e.gpus, e.thr, -e.tpot)
+            return (e.slo, miss, -e.tpot, -e.ttft, e.thr)
+        return (e.slo, miss, -e.gpus, e.thr, -e.tpot)
 
 
 def _pareto(evals: list[_Eval]) -> list[_Eval]:
@@ -401,7 +410,7 @@ def _explain_infeasible(pl: _Planner, tps: list[int], infeasible: list[_Eval]) -
 
 
 def _stage_detail(pl: _Planner, e: _Eval) -> list[StagePlan]:
-    assert e.sizes is not None  # noqa: S101 - internal invariant: called on feasible evaluations only
+    assert e.sizes is not None
     t, p = e.t, e.p
     pre = pl.prefill(t)
     dec = pl.decode(t, e.b)

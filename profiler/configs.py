@@ -17,8 +17,8 @@ from pydantic import BaseModel, ConfigDict
 
 __all__ = [
     "ModelConfig",
-    "PresetInfo",
     "ModelConfigError",
+    "PresetInfo",
     "list_presets",
     "load_model_config",
 ]
@@ -69,7 +69,9 @@ def _index() -> dict[str, PresetInfo]:
     if not path.exists():
         return {}
     data = json.loads(path.read_text())
-    return {name: PresetInfo(name=name, **{k: v for k, v in info.items() if k != "name"}) for name, info in data.items()}
+    return {
+        name: PresetInfo(name=name, **{k: v for k, v in info.items() if k != "name"}) for name, info in data.items()
+    }
 
 
 def list_presets() -> list[PresetInfo]:

@@ -22,7 +22,7 @@ from profiler.configs import ModelConfig, ModelConfigError
 from profiler.dtypes import WEIGHT_DTYPES, linear_weight_bytes
 from profiler.spec import ModelSpec, UnitSpec
 
-__all__ = ["build_hf_config", "build_meta_model", "describe_model", "decoder_layers"]
+__all__ = ["build_hf_config", "build_meta_model", "decoder_layers", "describe_model"]
 
 _KV_PROJ = ("k_proj", "v_proj")
 
@@ -56,7 +56,9 @@ def build_meta_model(hf_config: Any) -> nn.Module:
             try:
                 return AutoModelForCausalLM.from_config(hf_config)
             except ValueError as exc:
-                raise ModelConfigError(f"model: transformers cannot build a causal LM from this config ({exc})") from None
+                raise ModelConfigError(
+                    f"model: transformers cannot build a causal LM from this config ({exc})"
+                ) from None
 
 
 def decoder_layers(model: nn.Module, num_layers: int) -> tuple[str, nn.ModuleList]:

@@ -1,0 +1,156 @@
+"""The exact partitioner against brute force, plus its infeasibility reasons and input checks."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from partitioner.dp import PartitionProblem, solve_partition, stage_bounds
+
+
+def brute_force(pr: PartitionProblem) -> tuple[float, float] | None:
+    """(best bottleneck, best headroom among bottleneck-optimal cuts) by enumerating every cut."""
+    n, p = len(pr.time), pr.stages
+    mem = pr.memory or (0.0,) * n
+    peak = pr.peak or (0.0,) * n
+    kv = pr.kv_memory
+    sends = pr.send_time or (0.0,) * (p - 1)
+    best: tuple[float, float] | None = None
+    for cuts in itertools.combinations(range(1, n), p - 1):
+        b = [0, *cuts, n]
+        times, heads, ok = [], [], True
+        for k in range(p):
+            a, e = b[k], b[k + 1]
+            times.append(sum(pr.time[a:e]) + (sends[k] if k < p - 1 else 0.0))
+            m = sum(mem[a:e]) + max(peak[a:e])
+            if pr.memory_limit is not None and m > pr.memory_limit * (1 + 1e-9):
+                ok = False
+            if kv is not None and pr.memory_limit is not None:
+                k_b = sum(kv[a:e])
+                heads.append((pr.memory_limit - (m - k_b)) / k_b if k_b > 0 else math.inf)
+            elif pr.memory_limit is not None:
+                heads.append(pr.memory_limit - m)
+            else:
+                heads.append(-m)
+        if not ok:
+            continue
+        cand = (max(times), min(heads))
+        if best is None or cand[0] < best[0] - 1e-9 * max(1.0, best[0]):
+            best = cand
+        elif abs(cand[0] - best[0]) <= 1e-9 * max(1.0, best[0]) and cand[1] > best[1]:
+            best = (best[0], cand[1])
+    return best
+
+
+@st.composite
+def instances(draw: st.DrawFn) -> PartitionProblem:
+    n = draw(st.integers(1, 8))
+    p = draw(st.integers(1, n))
+    num = st.integers(0, 20).map(float)
+    time = tuple(draw(st.lists(num, min_size=n, max_size=n)))
+    memory = tuple(draw(st.lists(st.integers(1, 10).map(float), min_size=n, max_size=n)))
+    peak = tuple(draw(st.lists(st.integers(0, 6).map(float), min_size=n, max_size=n)))
+    kv = tuple(min(m, float(draw(st.integers(0, 4)))) for m in memory)
+    sends = tuple(draw(st.lists(st.integers(0, 4).map(float), min_size=p - 1, max_size=p - 1)))
+    limit = draw(st.one_of(st.none(), st.integers(6, 60).map(float)))
+    return PartitionProblem(time=time, stages=p, memory=memory, memory_limit=limit, peak=peak,
+                            send_time=sends, kv_memory=kv if limit is not None else None)
+
+
+@settings(max_examples=400, deadline=None)
+@given(instances())
+def test_matches_brute_force(pr: PartitionProblem) -> None:
+    res = solve_partition(pr)
+    expect = brute_force(pr)
+    if expect is None:
+        assert res.status == "infeasible"
+        assert res.reason
+        return
+    assert res.status == "optimal" and res.optimal
+    assert res.bottleneck == pytest.approx(expect[0], rel=1e-9, abs=1e-12)
+    if math.isinf(expect[1]):
+        assert math.isinf(res.headroom)
+    else:
+        assert res.headroom == pytest.approx(expect[1], rel=1e-9, abs=1e-12)
+    # the returned cut is a real partition whose numbers are what it claims
+    assert sum(res.sizes) == len(pr.time) and all(s >= 1 for s in res.sizes) and len(res.sizes) == pr.stages
+    for k, (a, b) in enumerate(res.bounds):
+        send = pr.send_time[k] if pr.send_time and k < pr.stages - 1 else 0.0
+        assert res.stage_times[k] == pytest.approx(sum(pr.time[a : b + 1]) + send)
+        if pr.memory_limit is not None:
+            assert res.stage_memory[k] <= pr.memory_limit * (1 + 1e-9)
+
+
+@settings(max_examples=150, deadline=None)
+@given(instances())
+def test_without_tie_break_same_bottleneck(pr: PartitionProblem) -> None:
+    full = solve_partition(pr)
+    fast = solve_partition(pr, tie_break=False, explain=False)
+    assert full.status == fast.status
+    if full.optimal:
+        assert fast.bottleneck == pytest.approx(full.bottleneck)
+
+
+def test_balances_simple_chain() -> None:
+    res = solve_partition(PartitionProblem(time=(1, 1, 1, 1, 1, 1, 1, 1), stages=4))
+    assert res.sizes == (2, 2, 2, 2) and res.bottleneck == 2
+
+
+def test_heavy_last_unit_gets_its_own_stage() -> None:
+    res = solve_partition(PartitionProblem(time=(1, 1, 1, 1, 1, 3), stages=3))
+    assert res.sizes == (3, 2, 1) or res.bottleneck == 3
+    assert res.bottleneck == 3
+
+
+def test_tie_break_prefers_kv_headroom() -> None:
+    # every cut has bottleneck 3; only (2, 2) splits the two KV-heavy units' neighbours evenly:
+    # (1,3) and (3,1) leave one stage with ratio (100 - 11) / 4, (2,2) gives (100 - 6) / 4 on both
+    pr = PartitionProblem(time=(3, 0, 0, 3), stages=2, memory=(5, 5, 5, 5), memory_limit=100,
+                          kv_memory=(4, 0, 0, 4))
+    res = solve_partition(pr)
+    assert res.bottleneck == 3
+    assert res.sizes == (2, 2)
+    assert res.headroom == pytest.approx(94 / 4)
+
+
+def test_infeasible_single_unit_reason() -> None:
+    gib = 1024**3
+    res = solve_partition(PartitionProblem(time=(1, 1, 1), stages=2, memory=(10 * gib, 91.2 * gib, 1 * gib),
+                                           memory_limit=72 * gib))
+    assert res.status == "infeasible"
+    assert res.reason == "unit 1 alone needs 91.2 GiB, limit 72.0 GiB"
+
+
+def test_infeasible_stage_reason_names_stage() -> None:
+    gib = 1024**3
+    pr = PartitionProblem(time=(1,) * 4, stages=2, memory=(50 * gib,) * 4, memory_limit=72 * gib)
+    res = solve_partition(pr)
+    assert res.status == "infeasible"
+    assert res.reason is not None and res.reason.startswith("stage ")
+    assert "needs 100.0 GiB, limit 72.0 GiB" in res.reason
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"time": (), "stages": 1}, "time: needs at least one unit"),
+        ({"time": (1.0,), "stages": 0}, "stages: must be a positive integer"),
+        ({"time": (1.0,), "stages": 2}, "stages: 2 stages need at least 2 units"),
+        ({"time": (1.0, -1.0), "stages": 1}, "time[1]: must be a finite number ≥ 0"),
+        ({"time": (1.0, math.nan), "stages": 1}, "time[1]: must be a finite number ≥ 0"),
+        ({"time": (1.0,), "stages": 1, "memory": (1.0, 2.0)}, "memory: has 2 entries, time has 1"),
+        ({"time": (1.0,), "stages": 1, "memory_limit": 0.0}, "memory_limit: must be a positive number"),
+        ({"time": (1.0, 1.0), "stages": 2, "send_time": ()}, "send_time: needs 1 entries"),
+    ],
+)
+def test_rejects_bad_input(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match="^" + message.replace("[", r"\[").replace("]", r"\]")):
+        PartitionProblem(**kwargs)
+
+
+def test_stage_bounds() -> None:
+    assert stage_bounds([2, 1, 3]) == [(0, 1), (2, 2), (3, 5)]

@@ -1,0 +1,118 @@
+"""Presets build on the meta device with exact parameter counts, and the shipped descriptions match."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from profiler.analytic import SPEC_VERSION, model_spec
+from profiler.configs import ModelConfigError, list_presets, load_model_config
+from profiler.models import describe_model
+
+SPECS = Path(__file__).resolve().parent.parent / "profiler" / "presets" / "specs"
+REQUIRED = ["llama-3.1-8b", "llama-3.1-70b", "llama-3.1-405b", "qwen2.5-72b", "mixtral-8x7b", "deepseek-v3",
+            "kimi-k2", "gpt-oss-120b", "gemma-3-27b", "tiny-llama", "tiny-moe"]
+
+# published totals; the tolerance says what the published figure rounds or includes
+PUBLISHED = {
+    "llama-3.1-8b": (8.03e9, 0.002),
+    "llama-3.1-70b": (70.6e9, 0.002),
+    "llama-3.1-405b": (405.9e9, 0.001),
+    "qwen2.5-72b": (72.7e9, 0.001),
+    "mixtral-8x7b": (46.7e9, 0.001),
+    "deepseek-v3": (671e9, 0.001),  # main model; the 14B MTP module is not built
+    "kimi-k2": (1.04e12, 0.015),  # "1.04T" is rounded; the checkpoint holds 1.0265e12
+    "gpt-oss-120b": (116.8e9, 0.001),
+    "gemma-3-27b": (27.4e9, 0.02),  # the published figure includes the 0.4B vision tower
+}
+
+
+def test_required_presets_exist() -> None:
+    names = {p.name for p in list_presets()}
+    assert set(REQUIRED) <= names
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED))
+def test_total_params_match_published(name: str) -> None:
+    published, tol = PUBLISHED[name]
+    spec = model_spec(name)
+    assert spec.total_params == pytest.approx(published, rel=tol)
+
+
+def test_active_params_of_moe() -> None:
+    assert model_spec("deepseek-v3").active_params == pytest.approx(37e9, rel=0.02)
+    assert model_spec("mixtral-8x7b").active_params + model_spec("mixtral-8x7b").units[0].params == pytest.approx(
+        12.9e9, rel=0.01)
+    assert model_spec("kimi-k2").active_params == pytest.approx(32e9, rel=0.02)
+
+
+def test_units_layout() -> None:
+    spec = model_spec("llama-3.1-70b")
+    assert [u.kind for u in spec.units] == ["embed"] + ["decoder"] * 80 + ["head"]
+    assert spec.units[0].modules == ["model.embed_tokens"]
+    assert spec.units[1].modules == ["model.layers.0"]
+    assert spec.units[-1].modules == ["model.norm", "lm_head"]
+    assert sum(u.params for u in spec.units) == spec.total_params
+
+
+def test_tied_embeddings_counted_once_but_copied_on_last_stage() -> None:
+    spec = model_spec("gemma-3-27b")
+    assert spec.tie_word_embeddings
+    emb, head = spec.units[0], spec.units[-1]
+    assert head.params == spec.hidden_size  # the final norm only
+    assert head.weight_bytes["bf16"] == emb.weight_bytes["bf16"] + 2 * spec.hidden_size
+
+
+def test_mla_and_sliding_attention_are_recognised() -> None:
+    ds = model_spec("deepseek-v3")
+    assert {u.attention for u in ds.decoder_units} == {"mla"}
+    assert ds.units[1].kv_elems_per_token == 512 + 64 and not ds.units[1].kv_tp_shardable
+    oss = model_spec("gpt-oss-120b")
+    kinds = [u.attention for u in oss.decoder_units]
+    assert kinds[:2] == ["sliding", "full"] and oss.units[1].window == 128
+    gem = model_spec("gemma-3-27b")
+    assert [u.attention for u in gem.decoder_units].count("full") == 10
+
+
+@pytest.mark.parametrize("name", [p.name for p in list_presets()])
+def test_shipped_spec_equals_fresh_build(name: str) -> None:
+    data = json.loads((SPECS / f"{name}.json").read_text())
+    cfg = load_model_config(name)
+    assert data["config_hash"] == cfg.config_hash and data["spec_version"] == SPEC_VERSION
+    fresh = describe_model(cfg).model_dump(mode="json")
+    assert data["spec"] == fresh, "rerun scripts/build_preset_specs.py"
+
+
+def test_local_config_path(tmp_path: Path) -> None:
+    src = Path(__file__).resolve().parent.parent / "profiler" / "presets" / "tiny-llama.json"
+    d = tmp_path / "my-model"
+    d.mkdir()
+    (d / "config.json").write_text(src.read_text())
+    spec = model_spec(str(d))
+    assert spec.name == "my-model" and spec.total_params == model_spec("tiny-llama").total_params
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [("no-such-model", "is neither a bundled preset nor an existing config file"), ("", "empty string")],
+)
+def test_unknown_model(value: str, message: str) -> None:
+    with pytest.raises(ModelConfigError, match=message):
+        load_model_config(value)
+
+
+def test_bad_config_files(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(ModelConfigError, match="not a readable JSON config"):
+        load_model_config(str(bad))
+    no_type = tmp_path / "notype.json"
+    no_type.write_text('{"hidden_size": 4}')
+    with pytest.raises(ModelConfigError, match="no string 'model_type'"):
+        load_model_config(str(no_type))
+    unknown = tmp_path / "unknown.json"
+    unknown.write_text('{"model_type": "definitely_not_a_model"}')
+    with pytest.raises(ModelConfigError, match="not known to this transformers"):
+        model_spec(str(unknown))
