@@ -486,6 +486,12 @@ def _fixed_cut(pl: _Planner, e: _Eval, sizes: list[int]) -> dict[str, Any]:
     return out
 
 
+def _ratio_gain(ours: float, theirs: float) -> float:
+    """ours / theirs - 1, with float noise below 1e-9 shown as 0 (an equal cut is no loss)."""
+    g = ours / theirs - 1
+    return 0.0 if abs(g) < 1e-9 else g
+
+
 def _degrees(e: _Eval) -> Degrees:
     return Degrees(tp=e.t, pp=e.p, replicas=e.r, micro_batches=e.m, micro_batch_size=e.b, gpus_used=e.gpus)
 
@@ -529,8 +535,8 @@ def _build_plan(pl: _Planner, best: _Eval, runner: list[_Eval], pareto: list[_Ev
             throughput_tokens_per_s=fx["thr"] if fx["fits"] else None,
             tpot_ms=fx["tpot"] * 1e3 if fx["fits"] else None,
             kv_capacity_tokens=fx["kv_cap"],
-            throughput_gain=(best.thr / fx["thr"] - 1) if fx["fits"] else None,
-            kv_capacity_gain=(kv_cap / fx["kv_cap"] - 1) if fx["fits"] and fx["kv_cap"] > 0 else None,
+            throughput_gain=_ratio_gain(best.thr, fx["thr"]) if fx["fits"] else None,
+            kv_capacity_gain=_ratio_gain(kv_cap, fx["kv_cap"]) if fx["fits"] and fx["kv_cap"] > 0 else None,
         ))
     notes = []
     if not best.slo:
