@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -281,17 +280,33 @@ def print_plan(d: dict[str, Any], plan_id: str | None = None) -> None:
         console.print(f"plan id: [bold]{plan_id}[/]")
 
 
+def _floats(field: str, text: str | None) -> tuple[float, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(float(x) for x in text.split(","))
+    except ValueError:
+        fail(f"{field}: {text!r} must be comma-separated numbers, e.g. 1,1,2")
+    return None
+
+
 @app.command()
 @user_errors
 def partition(
     costs: Annotated[Path, typer.Option(help='JSON file {"time": [...], "memory": [...]} per unit')],
     stages: Annotated[int, typer.Option(help="number of stages")],
     memory_limit: Annotated[float | None, typer.Option(help="bytes a stage may hold")] = None,
+    solver: Annotated[str, typer.Option(help="dp (exact, default) or cpsat (OR-Tools, cross-check)")] = "dp",
+    stage_speed: Annotated[str | None, typer.Option(help="time multiplier per stage, e.g. 1,1,2")] = None,
+    stage_memory_limit: Annotated[str | None, typer.Option(help="bytes per stage, e.g. 80e9,80e9,40e9")] = None,
+    time_limit: Annotated[float, typer.Option(help="cpsat: search time limit, seconds")] = 10.0,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
     """Exact contiguous partition of your own per-unit costs (min slowest stage under a memory limit)."""
     from partitioner.dp import PartitionProblem, solve_partition
 
+    if solver not in ("dp", "cpsat"):
+        fail(f"solver: {solver!r} is not one of dp, cpsat")
     try:
         data = json.loads(costs.read_text())
     except json.JSONDecodeError as exc:
@@ -305,27 +320,43 @@ def partition(
         if not isinstance(vals, list) or not all(isinstance(v, int | float) and not isinstance(v, bool)
                                                  for v in vals):
             fail(f"costs.{key}: must be a list of numbers")
-    res = solve_partition(PartitionProblem(
+    pr = PartitionProblem(
         time=tuple(float(x) for x in data["time"]), stages=stages,
         memory=tuple(float(x) for x in data["memory"]) if data.get("memory") is not None else None,
-        memory_limit=memory_limit,
-    ))
-    if as_json:
-        out: dict[str, Any] = {"sizes": list(res.sizes) if res.optimal else None,
-                               "bottleneck": res.bottleneck if math.isfinite(res.bottleneck) else None,
-                               "optimal": res.optimal, "status": res.status,
-                               "stage_times": list(res.stage_times), "stage_memory": list(res.stage_memory)}
-        if not res.optimal:
+        memory_limit=memory_limit, stage_speed=_floats("stage_speed", stage_speed),
+        stage_memory_limit=_floats("stage_memory_limit", stage_memory_limit),
+    )
+    out: dict[str, Any]
+    if solver == "cpsat":
+        from partitioner.cpsat import solve_partition_cpsat
+
+        cp = solve_partition_cpsat(pr, time_limit_s=time_limit)
+        ok = cp.status in ("optimal", "feasible")
+        out = {"sizes": list(cp.sizes) if ok else None, "bottleneck": cp.bottleneck if ok else None,
+               "optimal": cp.status == "optimal", "status": cp.status, "bound": cp.bound, "gap": cp.gap,
+               "solver": "cpsat", "wall_s": cp.wall_s}
+        if not ok:
+            out["reason"] = cp.reason
+    else:
+        res = solve_partition(pr)
+        ok = res.optimal
+        out = {"sizes": list(res.sizes) if ok else None, "bottleneck": res.bottleneck if ok else None,
+               "optimal": ok, "status": res.status, "solver": "dp", "stage_times": list(res.stage_times),
+               "stage_memory": list(res.stage_memory)}
+        if not ok:
             out["reason"] = res.reason
+    if as_json:
         print(json.dumps(out))
-        if not res.optimal:
+        if not ok:
             raise typer.Exit(1)
         return
-    if not res.optimal:
-        fail(f"infeasible: {res.reason}", code=1)
-    console.print(f"sizes {list(res.sizes)}, bottleneck {res.bottleneck:g}, optimal")
-    for k, ((a, b), tt, mm) in enumerate(zip(res.bounds, res.stage_times, res.stage_memory, strict=True)):
-        console.print(f"  stage {k}: units {a}-{b}  time {tt:g}  memory {mm:g}")
+    if not ok:
+        fail(f"{out['status']}: {out['reason']}", code=1)
+    console.print(f"sizes {out['sizes']}, bottleneck {out['bottleneck']:g}, {out['status']} ({solver})")
+    from partitioner.dp import stage_bounds
+
+    for k, (a, b) in enumerate(stage_bounds(out["sizes"])):
+        console.print(f"  stage {k}: units {a}-{b}")
 
 
 def _register_optional() -> None:

@@ -20,6 +20,7 @@ Cost: O(p · n²) with numpy over (n+1)² matrices.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -49,6 +50,10 @@ class PartitionProblem:
     """seconds added to stage k for k < p-1 (its send to stage k+1); length p-1"""
     kv_memory: tuple[float, ...] | None = None
     """bytes of ``memory`` that are KV cache at the target load (for the headroom tie-break)"""
+    stage_speed: tuple[float, ...] | None = None
+    """time multiplier per stage (heterogeneous GPUs: 2.0 = this stage's GPUs are twice as slow)"""
+    stage_memory_limit: tuple[float, ...] | None = None
+    """bytes per stage, overriding ``memory_limit`` (heterogeneous GPUs)"""
 
     def __post_init__(self) -> None:
         n = len(self.time)
@@ -74,6 +79,15 @@ class PartitionProblem:
             for i, v in enumerate(self.send_time):
                 if not math.isfinite(v) or v < 0:
                     raise ValueError(f"send_time[{i}]: must be a finite number ≥ 0, got {v!r}")
+        for name in ("stage_speed", "stage_memory_limit"):
+            vec = getattr(self, name)
+            if vec is None:
+                continue
+            if len(vec) != self.stages:
+                raise ValueError(f"{name}: needs {self.stages} entries (one per stage), got {len(vec)}")
+            for i, v in enumerate(vec):
+                if not math.isfinite(v) or v <= 0:
+                    raise ValueError(f"{name}[{i}]: must be a finite number > 0, got {v!r}")
         if self.memory_limit is not None and (not math.isfinite(self.memory_limit) or self.memory_limit <= 0):
             raise ValueError(f"memory_limit: must be a positive number of bytes, got {self.memory_limit!r}")
 
@@ -145,41 +159,17 @@ def _matrices(pr: PartitionProblem) -> tuple[np.ndarray, np.ndarray, np.ndarray 
     return cost, mem, kv
 
 
-def _minmax(base: np.ndarray, adds: list[float], n: int) -> tuple[float, list[np.ndarray]]:
-    """Exact min over cuts of the max stage cost, stage k costing ``base[i, j] + adds[k]``.
+StageBlock = Callable[[int, slice, slice], np.ndarray]
+
+
+def _minmax(stage: StageBlock, p: int, n: int) -> tuple[float, list[np.ndarray]]:
+    """Exact min over cuts of the max stage value; ``stage(k, rows, cols)`` gives stage k's values
+    for starts ``rows`` and ends ``cols`` (+inf forbids).
 
     Stage k (0-based) of p can only end at units k+1 .. n-(p-1-k); only that window is computed.
     """
-    p = len(adds)
     f = np.full(n + 1, np.inf)
-    f[1 : n - p + 2] = base[0, 1 : n - p + 2] + adds[0]  # the first stage starts at unit 0
-    args: list[np.ndarray] = []
-    for k in range(1, p):
-        lo_i, hi_i = k, n - p + k + 1
-        lo_j, hi_j = k + 1, n - p + k + 2
-        cand = np.maximum(f[lo_i:hi_i, None], base[lo_i:hi_i, lo_j:hi_j] + adds[k])
-        rel = np.argmin(cand, axis=0)
-        g = np.full(n + 1, np.inf)
-        g[lo_j:hi_j] = cand[rel, np.arange(hi_j - lo_j)]
-        arg = np.zeros(n + 1, dtype=np.int64)
-        arg[lo_j:hi_j] = rel + lo_i
-        f = g
-        args.append(arg)
-    return float(f[n]), args
-
-
-def _maxmin_within(
-    score: np.ndarray, base: np.ndarray, adds: list[float], bound: float, n: int
-) -> tuple[float, list[np.ndarray]]:
-    """Exact max over cuts of the min stage score, among cuts whose stages all cost <= bound."""
-    p = len(adds)
-    neg = -score
-
-    def stage(k: int, rows: slice, cols: slice) -> np.ndarray:
-        return np.where(base[rows, cols] + adds[k] <= bound, neg[rows, cols], np.inf)
-
-    f = np.full(n + 1, np.inf)
-    f[1 : n - p + 2] = stage(0, slice(0, 1), slice(1, n - p + 2))[0]
+    f[1 : n - p + 2] = stage(0, slice(0, 1), slice(1, n - p + 2))[0]  # the first stage starts at unit 0
     args: list[np.ndarray] = []
     for k in range(1, p):
         lo_i, hi_i = k, n - p + k + 1
@@ -192,7 +182,7 @@ def _maxmin_within(
         arg[lo_j:hi_j] = rel + lo_i
         f = g
         args.append(arg)
-    return -float(f[n]), args
+    return float(f[n]), args
 
 
 def _cut(args: list[np.ndarray], n: int) -> tuple[int, ...]:
@@ -225,36 +215,57 @@ def solve_partition(pr: PartitionProblem, *, tie_break: bool = True, explain: bo
     """
     n, p = len(pr.time), pr.stages
     cost, mem, kv = _matrices(pr)
-    limit = pr.memory_limit
-    fits = np.ones_like(cost, dtype=bool) if limit is None else mem <= limit * (1 + _REL_TOL)
     sends = pr.send_time or (0.0,) * (p - 1)
     adds = [*sends, 0.0]
-    base = np.where(fits, cost, np.inf)
-    best, args = _minmax(base, adds, n)
+    scale = pr.stage_speed or (1.0,) * p
+    limits = _stage_limits(pr)
+
+    uniform = len(set(limits)) == 1
+    if uniform:  # one mask for every stage (the common, homogeneous case): computed once
+        lim0 = limits[0]
+        fit_cost = cost if lim0 == math.inf else np.where(mem <= lim0 * (1 + _REL_TOL), cost, np.inf)
+
+    def time_block(k: int, rows: slice, cols: slice) -> np.ndarray:
+        if uniform:
+            c = fit_cost[rows, cols]
+            return c * scale[k] + adds[k] if scale[k] != 1.0 else c + adds[k]
+        c = cost[rows, cols] * scale[k] + adds[k]
+        return c if limits[k] == math.inf else np.where(mem[rows, cols] <= limits[k] * (1 + _REL_TOL), c, np.inf)
+
+    best, args = _minmax(time_block, p, n)
     if not math.isfinite(best):
         if not explain:
             return PartitionResult(status="infeasible", reason="does not fit in memory")
-        return _infeasible(pr, mem)
-    if not tie_break:
-        sizes = _cut(args, n)
-        times = [float(cost[a, b + 1]) + adds[k] for k, (a, b) in enumerate(stage_bounds(sizes))]
-        mems = [float(mem[a, b + 1]) for a, b in stage_bounds(sizes)]
-        return PartitionResult(status="optimal", sizes=sizes, bottleneck=max(times), stage_times=tuple(times),
-                               stage_memory=tuple(mems), headroom=math.nan)
-    # pass two: among cuts with every stage <= best, maximise the smallest headroom score
-    if kv is not None and limit is not None:
-        with np.errstate(divide="ignore", invalid="ignore"):
-            score = np.where(kv > 0, (limit - (mem - kv)) / kv, np.inf)
-    elif limit is not None:
-        score = limit - mem
+        return _infeasible(pr, mem, limits)
+    if tie_break:
+        # pass two: among cuts with every stage <= best, maximise the smallest headroom score
+        tol = best * (1 + _REL_TOL) + 1e-15
+
+        def neg_score(k: int, rows: slice, cols: slice) -> np.ndarray:
+            m = mem[rows, cols]
+            if kv is not None and limits[k] < math.inf:
+                kvb = kv[rows, cols]
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    return -np.where(kvb > 0, (limits[k] - (m - kvb)) / kvb, np.inf)
+            if limits[k] < math.inf:
+                return m - limits[k]
+            return m
+
+        full = (slice(0, n + 1), slice(0, n + 1))
+        neg_all = neg_score(0, *full) if uniform else None
+
+        def score_block(k: int, rows: slice, cols: slice) -> np.ndarray:
+            ns = neg_all[rows, cols] if neg_all is not None else neg_score(k, rows, cols)
+            return np.where(time_block(k, rows, cols) <= tol, ns, np.inf)
+
+        neg_head, args = _minmax(score_block, p, n)
+        head = -neg_head
     else:
-        score = -mem
-    tol = best * (1 + _REL_TOL) + 1e-15
-    head, args = _maxmin_within(score, base, adds, tol, n)
+        head = math.nan
     sizes = _cut(args, n)
     times, mems = [], []
     for k, (a, b) in enumerate(stage_bounds(sizes)):
-        times.append(float(cost[a, b + 1]) + (sends[k] if k < p - 1 else 0.0))
+        times.append(float(cost[a, b + 1]) * scale[k] + adds[k])
         mems.append(float(mem[a, b + 1]))
     return PartitionResult(
         status="optimal",
@@ -266,35 +277,41 @@ def solve_partition(pr: PartitionProblem, *, tie_break: bool = True, explain: bo
     )
 
 
-def _infeasible(pr: PartitionProblem, mem: np.ndarray) -> PartitionResult:
+def _stage_limits(pr: PartitionProblem) -> list[float]:
+    if pr.stage_memory_limit is not None:
+        return [float(x) for x in pr.stage_memory_limit]
+    lim = pr.memory_limit if pr.memory_limit is not None else math.inf
+    return [lim] * pr.stages
+
+
+def _infeasible(pr: PartitionProblem, mem: np.ndarray, limits: list[float]) -> PartitionResult:
     n, p = len(pr.time), pr.stages
-    limit = pr.memory_limit if pr.memory_limit is not None else math.inf
     single = np.array([mem[i, i + 1] for i in range(n)])
     worst_unit = int(np.argmax(single))
-    if single[worst_unit] > limit:
+    if single[worst_unit] > max(limits):
         return PartitionResult(
             status="infeasible",
-            reason=f"unit {worst_unit} alone needs {_fmt_gib(single[worst_unit])}, limit {_fmt_gib(limit)}",
-            worst_stage=None,
+            reason=f"unit {worst_unit} alone needs {_fmt_gib(single[worst_unit])}, "
+            f"limit {_fmt_gib(max(limits))}",
             needed_bytes=float(single[worst_unit]),
-            limit_bytes=limit,
+            limit_bytes=max(limits),
             detail={"unit": worst_unit},
         )
-    # the cut that minimises the fullest stage: even it does not fit
-    _, args = _minmax(mem, [0.0] * p, n)
+    # the cut that minimises the largest overshoot of a stage's limit: even it does not fit
+    _, args = _minmax(lambda k, r, c: mem[r, c] - limits[k], p, n)
     sizes = _cut(args, n)
     bounds = stage_bounds(sizes)
     needs = [float(mem[a, b + 1]) for a, b in bounds]
-    k = int(np.argmax(needs))
+    k = max(range(p), key=lambda i: needs[i] - limits[i])
     a, b = bounds[k]
     return PartitionResult(
         status="infeasible",
         sizes=sizes,
-        reason=f"stage {k} (units {a}-{b}) needs {_fmt_gib(needs[k])}, limit {_fmt_gib(limit)}, "
-        f"in the cut into {p} stages that needs the least memory",
+        reason=f"stage {k} (units {a}-{b}) needs {_fmt_gib(needs[k])}, limit {_fmt_gib(limits[k])}, "
+        f"in the cut into {p} stages that overshoots its limits least",
         worst_stage=k,
         needed_bytes=needs[k],
-        limit_bytes=limit,
+        limit_bytes=limits[k],
         stage_memory=tuple(needs),
         detail={"first_unit": a, "last_unit": b},
     )

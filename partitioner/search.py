@@ -541,6 +541,9 @@ def _build_plan(pl: _Planner, best: _Eval, runner: list[_Eval], pareto: list[_Ev
     notes = []
     if not best.slo:
         notes.append("no configuration meets the SLOs; this is the closest one by the objective")
+    if pl.profile.kind == "measured" and not pl.cm.measured:
+        notes.append(f"the profile was measured on {pl.profile.device}, not {pl.gpu.name}: its bytes are used, "
+                     "its times are not (analytic roofline instead)")
     if pl.profile.quantization:
         notes.append(f"weights: {pl.profile.quantization}")
     if pl.profile.provenance.get("notes"):

@@ -126,3 +126,20 @@ def test_console_script_runs_without_torch() -> None:
 def test_partitioner_is_pure() -> None:
     code = "import partitioner.dp, partitioner.search, partitioner.costmodel, sys; assert 'torch' not in sys.modules"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0
+
+
+def test_partition_cpsat_and_heterogeneous(tmp_path: Path) -> None:
+    costs = tmp_path / "c.json"
+    costs.write_text(json.dumps({"time": [1, 2, 3, 4, 5, 6], "memory": [1, 1, 1, 1, 1, 1]}))
+    outs = []
+    for solver in ("dp", "cpsat"):
+        code, stdout, _ = run("partition", "--costs", str(costs), "--stages", "3", "--solver", solver,
+                              "--stage-speed", "1,1,2", "--json")
+        assert code == 0, stdout
+        outs.append(json.loads(stdout))
+    assert outs[0]["bottleneck"] == pytest.approx(outs[1]["bottleneck"], rel=1e-5)
+    assert outs[1]["status"] == "optimal"
+    code, _, stderr = run("partition", "--costs", str(costs), "--stages", "3", "--stage-speed", "1,x")
+    assert code == 2 and "stage_speed" in stderr
+    code, _, stderr = run("partition", "--costs", str(costs), "--stages", "3", "--stage-speed", "1,1")
+    assert code == 2 and "stage_speed: needs 3 entries" in stderr

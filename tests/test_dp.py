@@ -154,3 +154,41 @@ def test_rejects_bad_input(kwargs: dict, message: str) -> None:
 
 def test_stage_bounds() -> None:
     assert stage_bounds([2, 1, 3]) == [(0, 1), (2, 2), (3, 5)]
+
+
+@st.composite
+def hetero_instances(draw: st.DrawFn) -> PartitionProblem:
+    base = draw(instances())
+    p = base.stages
+    speed = tuple(draw(st.lists(st.sampled_from([0.5, 1.0, 2.0, 3.0]), min_size=p, max_size=p)))
+    limits = tuple(draw(st.lists(st.integers(6, 60).map(float), min_size=p, max_size=p)))
+    return PartitionProblem(time=base.time, stages=p, memory=base.memory, peak=base.peak, send_time=base.send_time,
+                            stage_speed=speed, stage_memory_limit=limits)
+
+
+def brute_hetero(pr: PartitionProblem) -> float | None:
+    n, p = len(pr.time), pr.stages
+    best = None
+    for cuts in itertools.combinations(range(1, n), p - 1):
+        b = [0, *cuts, n]
+        worst, ok = 0.0, True
+        for k in range(p):
+            a, e = b[k], b[k + 1]
+            m = sum(pr.memory[a:e]) + max(pr.peak[a:e])
+            if m > pr.stage_memory_limit[k] * (1 + 1e-9):
+                ok = False
+            worst = max(worst, sum(pr.time[a:e]) * pr.stage_speed[k] + (pr.send_time[k] if k < p - 1 else 0.0))
+        if ok and (best is None or worst < best):
+            best = worst
+    return best
+
+
+@settings(max_examples=200, deadline=None)
+@given(hetero_instances())
+def test_heterogeneous_stages_match_brute_force(pr: PartitionProblem) -> None:
+    res = solve_partition(pr)
+    expect = brute_hetero(pr)
+    if expect is None:
+        assert res.status == "infeasible" and res.reason
+    else:
+        assert res.optimal and res.bottleneck == pytest.approx(expect)
