@@ -51,13 +51,12 @@ def export_plan(plan: dict[str, Any]) -> dict[str, dict[str, Any]]:
         "vllm": {
             "args": vllm_args,
             "env": {"VLLM_PP_LAYER_PARTITION": part},
-            "command": f"VLLM_PP_LAYER_PARTITION={part} vllm serve {shlex.quote(model)} " + shlex.join(vllm_args),
+            "command": f"vllm serve {shlex.quote(model)} " + shlex.join(vllm_args),
         },
         "sglang": {
             "args": sg_args,
             "env": {"SGLANG_PP_LAYER_PARTITION": part},
-            "command": f"SGLANG_PP_LAYER_PARTITION={part} python -m sglang.launch_server --model-path "
-            f"{shlex.quote(model)} " + shlex.join(sg_args),
+            "command": f"python -m sglang.launch_server --model-path {shlex.quote(model)} " + shlex.join(sg_args),
         },
         "trtllm": {
             "llm_args": {"tensor_parallel_size": d["tp"], "pipeline_parallel_size": d["pp"],
@@ -74,7 +73,8 @@ def export_plan(plan: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def render_export(plan: dict[str, Any], fmt: str) -> str:
-    """Text of one export format: a shell command (vllm, sglang), JSON (trtllm, torch, json).
+    """Text of one export format: shell lines (vllm, sglang: export the partition variable, then the
+    launch command), JSON (trtllm, torch, json).
 
     Raises:
         ValueError: unknown format, naming the known ones.
