@@ -1,0 +1,218 @@
+"""The measured profiler on CPU (tiny configs of four architectures) and, with a GPU, on CUDA."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from partitioner.costmodel import CostModel
+from profiler.analytic import analytic_profile, model_spec
+from profiler.gpus import get_gpu, list_gpus
+from profiler.measure import (
+    CPU_GRIDS,
+    GRID_ENV,
+    MeasureError,
+    ProfileGrid,
+    parse_grid,
+    resolve_cuda_gpu,
+    run_profile,
+)
+from profiler.profile import Profile, load_profile
+
+#: a grid small enough for CI yet with tokens far enough apart that time must grow
+GRID = ProfileGrid(prefill_tokens=(8, 256), decode_batches=(1, 32), decode_contexts=(32, 128))
+ARCHS = ("tiny-llama", "tiny-moe", "tiny-mla", "tiny-sliding")
+
+
+@pytest.fixture(scope="module")
+def profiles() -> dict[str, Profile]:
+    return {m: run_profile(m, device="cpu", grid=GRID, cpu_threads=1) for m in ARCHS}
+
+
+@pytest.mark.parametrize("name", ARCHS)
+def test_schema_units_and_provenance(profiles: dict[str, Profile], name: str) -> None:
+    prof = profiles[name]
+    ana = analytic_profile(model_spec(name))
+    assert prof.schema_version == 1 and prof.kind == "measured" and prof.device == "CPU"
+    assert [(u.index, u.kind, u.signature) for u in prof.units] == [(u.index, u.kind, u.signature) for u in ana.units]
+    pv = prof.provenance
+    assert pv["distinct_units"] == len({u.signature for u in ana.units})
+    assert pv["torch"] == torch.__version__ and pv["dtype"] == "bf16" and pv["cuda"] is None
+    assert pv["grid_prefill_tokens"] == [8, 256] and pv["profile_seconds"] > 0
+    # identical units share their numbers
+    by_sig: dict[str, list] = {}
+    for u in prof.units:
+        by_sig.setdefault(u.signature, []).append(u.measured)
+    assert all(all(m == ms[0] for m in ms) for ms in by_sig.values())
+    # round trip through the file format
+    assert Profile.model_validate_json(prof.to_json()) == prof
+
+
+@pytest.mark.parametrize("name", ARCHS)
+def test_kv_bytes_match_the_analytic_formula(profiles: dict[str, Profile], name: str) -> None:
+    prof = profiles[name]
+    measured = prof.provenance["measured_kv_bytes_per_token"]
+    assert isinstance(measured, list)
+    for u, kv in zip(prof.units, measured, strict=True):
+        if u.kind != "decoder":
+            assert kv == 0
+        elif u.attention == "mla":
+            # transformers 5.x caches MLA's compressed latent: exactly the engine layout. Older
+            # releases cached per-head K and V (kv_bytes_per_token_hf); accept that layout exactly too.
+            assert kv in (u.kv_bytes_per_token, u.kv_bytes_per_token_hf)
+            assert kv == (u.kv_bytes_per_token if prof.provenance["kv_layout"] == "engine"
+                          else u.kv_bytes_per_token_hf)
+        else:
+            assert kv == u.kv_bytes_per_token == u.kv_bytes_per_token_hf
+
+
+@pytest.mark.parametrize("name", ARCHS)
+def test_weight_bytes_match_the_parameter_count(profiles: dict[str, Profile], name: str) -> None:
+    prof = profiles[name]
+    spec = model_spec(name)
+    measured = prof.provenance["measured_weight_bytes"]
+    assert isinstance(measured, list)
+    for u, s, w in zip(prof.units, spec.units, measured, strict=True):
+        assert w == u.weight_bytes  # bf16: 2 bytes per parameter, tied head included
+        if s.kind != "head" or not spec.tie_word_embeddings:
+            assert w == 2 * s.params
+
+
+@pytest.mark.parametrize("name", ARCHS)
+def test_times_positive_and_growing_with_tokens(profiles: dict[str, Profile], name: str) -> None:
+    prof = profiles[name]
+    for u in prof.units:
+        assert len(u.measured) == GRID.points
+        assert all(p.time_s > 0 and p.spread_s >= 0 and p.peak_bytes is not None for p in u.measured)
+        if u.kind != "decoder":
+            continue
+        pre = {p.tokens: p for p in u.measured if p.phase == "prefill"}
+        assert pre[256].time_s > pre[8].time_s
+        assert pre[256].peak_bytes > pre[8].peak_bytes  # type: ignore[operator]
+        dec = {(p.tokens, p.context): p for p in u.measured if p.phase == "decode"}
+        assert dec[(32, 128)].time_s > dec[(1, 128)].time_s
+        assert dec[(32, 128)].peak_bytes > dec[(1, 128)].peak_bytes  # type: ignore[operator]
+
+
+def test_activation_bytes(profiles: dict[str, Profile]) -> None:
+    prof = profiles["tiny-llama"]
+    act = prof.provenance["measured_act_bytes_per_token"]
+    assert isinstance(act, list)
+    hidden = prof.model.hidden_size
+    assert act[0] == act[1] == 2 * hidden  # bf16 hidden state; engines send it with its residual (2×)
+    assert act[-1] == 4 * prof.model.vocab_size  # fp32 logits of the sampled token
+
+
+def test_planner_uses_the_measured_points(profiles: dict[str, Profile]) -> None:
+    prof = profiles["tiny-llama"]
+    cm = CostModel(prof, get_gpu("CPU"))
+    assert cm.measured
+    for u in prof.units:
+        for p in u.measured:
+            got = cm.unit_times(1, p.phase, p.tokens, p.context)[u.index]
+            assert got == pytest.approx(p.time_s, rel=1e-9)
+    # between grid points: inside the measured range
+    t = cm.unit_times(1, "prefill", 64, 64)[1]
+    lo, hi = sorted(p.time_s for p in prof.units[1].measured if p.phase == "prefill")
+    assert lo * 0.5 < t < hi * 2
+    # another GPU kind ignores the CPU points
+    assert not CostModel(prof, get_gpu("H100")).measured
+
+
+def test_budget_picks_a_coarser_grid_and_reports_skips() -> None:
+    prof = run_profile("tiny-llama", device="cpu", budget_seconds=1e-3, cpu_threads=1)
+    pv = prof.provenance
+    assert pv["grid_prefill_tokens"] == list(CPU_GRIDS[-1].prefill_tokens)
+    for u in prof.units:  # every unit keeps at least one point per phase
+        assert {p.phase for p in u.measured} == {"prefill", "decode"}
+
+
+def test_grid_parsing_and_errors(monkeypatch: pytest.MonkeyPatch) -> None:
+    g = parse_grid("prefill=64,16;batch=4,1;context=256")
+    assert g.prefill_tokens == (16, 64) and g.decode_batches == (1, 4) and g.decode_contexts == (256,)
+    for bad in ("prefill=16;batch=1", "prefill=a;batch=1;context=2", "prefill=0;batch=1;context=2", "x=1"):
+        with pytest.raises(MeasureError, match="grid"):
+            parse_grid(bad)
+    with pytest.raises(MeasureError, match="device"):
+        run_profile("tiny-llama", device="tpu")
+    with pytest.raises(MeasureError, match="weight_dtype"):
+        run_profile("tiny-llama", device="cpu", weight_dtype="int4")
+    with pytest.raises(MeasureError, match="budget_seconds"):
+        run_profile("tiny-llama", device="cpu", budget_seconds=0)
+    with pytest.raises(MeasureError, match="gpu"):
+        run_profile("tiny-llama", device="cpu", gpu="H100")
+    with pytest.raises(MeasureError, match=r"grid: .* needs about"):
+        run_profile("tiny-llama", device="cpu",
+                    grid=ProfileGrid(prefill_tokens=(16,), decode_batches=(10**6,), decode_contexts=(10**6,)))
+    monkeypatch.setenv(GRID_ENV, "prefill=16;batch=1;context=32")
+    prof = run_profile("tiny-llama", device="cpu", cpu_threads=1)
+    assert prof.provenance["grid"] == "prefill 16 · decode batch 1 × context 32"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error raised without a GPU")
+def test_cuda_without_gpu_is_a_clear_error() -> None:
+    with pytest.raises(MeasureError, match="no CUDA GPU"):
+        run_profile("tiny-llama", device="cuda")
+
+
+def test_cuda_device_names_map_to_the_catalog() -> None:
+    assert resolve_cuda_gpu("NVIDIA H100 80GB HBM3").name == "H100-SXM-80GB"
+    names = {g.name for g in list_gpus()}
+    if "H200-141GB" in names:
+        assert resolve_cuda_gpu("NVIDIA H200").name == "H200-141GB"
+    with pytest.raises(MeasureError, match="--gpu"):
+        resolve_cuda_gpu("Tesla K80 imaginary")
+
+
+def test_cli_profile_plan_and_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import api.cli_profile  # noqa: F401  (registers calibrate)
+    from api.cli import app
+
+    runner = CliRunner()
+    monkeypatch.setenv(GRID_ENV, "prefill=16,64;batch=1,4;context=64")
+    out = tmp_path / "p.json"
+    r = runner.invoke(app, ["profile", "tiny-llama", "--device", "cpu", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    prof = load_profile(out)
+    assert prof.kind == "measured" and prof.device == "CPU"
+    plan_json = tmp_path / "plan.json"
+    r = runner.invoke(app, ["plan", "tiny-llama", "--gpus", "2xCPU", "--profile", str(out), "--json",
+                            str(plan_json), "--no-save", "--prompt-tokens", "64", "--output-tokens", "16",
+                            "--concurrency", "4"])
+    assert r.exit_code == 0, r.output
+    assert prof.label in json.dumps(json.loads(plan_json.read_text()))
+    # bad input: exit 2, one line, no file behind
+    for args in (["--device", "tpu"], ["--device", "cuda"] if not torch.cuda.is_available() else ["--device", "x"]):
+        bad = tmp_path / "bad.json"
+        r = runner.invoke(app, ["profile", "tiny-llama", *args, "--out", str(bad)])
+        assert r.exit_code == 2 and not bad.exists() and not list(tmp_path.glob(".bad*"))
+    monkeypatch.setenv(GRID_ENV, "prefill=16;batch=1000000;context=1000000")
+    bad = tmp_path / "big.json"
+    r = runner.invoke(app, ["profile", "tiny-llama", "--device", "cpu", "--out", str(bad)])
+    assert r.exit_code == 2 and "grid" in r.output and not bad.exists()
+    corrupt = tmp_path / "corrupt.json"
+    corrupt.write_text(out.read_text()[:200])
+    r = runner.invoke(app, ["plan", "tiny-llama", "--gpus", "2xCPU", "--profile", str(corrupt), "--no-save"])
+    assert r.exit_code == 2 and "profile" in r.output
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_profile_tiny_models() -> None:
+    grid = ProfileGrid(prefill_tokens=(128, 1024), decode_batches=(1, 64), decode_contexts=(256, 1024))
+    for name in ("tiny-llama", "tiny-moe", "tiny-mla"):
+        prof = run_profile(name, device="cuda", grid=grid)
+        assert prof.device == resolve_cuda_gpu(torch.cuda.get_device_name()).name
+        assert prof.provenance["cuda"] == torch.version.cuda
+        for u, kv in zip(prof.units, prof.provenance["measured_kv_bytes_per_token"], strict=True):  # type: ignore[arg-type]
+            if u.kind == "decoder":
+                assert kv in (u.kv_bytes_per_token, u.kv_bytes_per_token_hf)
+            for p in u.measured:
+                assert p.time_s > 0 and p.peak_bytes is not None
+            if u.kind == "decoder":
+                pre = {p.tokens: p for p in u.measured if p.phase == "prefill"}
+                assert pre[1024].peak_bytes > pre[128].peak_bytes  # type: ignore[operator]
