@@ -1,0 +1,60 @@
+"""``ppplan calibrate``: fit the analytic model's efficiency factors from a measured profile.
+
+Thin: the fitting is :func:`profiler.calibrate.fit_efficiency`; this only reads and writes files.
+Imported by :mod:`api.cli` at start-up, which registers the command on its app.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from api.cli import _write_json, app, console, err_console, user_errors
+
+__all__ = ["calibrate"]
+
+
+@app.command()
+@user_errors
+def calibrate(
+    profile_file: Annotated[Path, typer.Argument(help="measured profile JSON (from `ppplan profile --device`)")],
+    gpu: Annotated[str | None, typer.Option(help="catalog GPU kind to fit (default: the profile's device)")] = None,
+    model: Annotated[str | None, typer.Option(
+        help="write the analytic profile of this model (same dtypes) carrying the fit, instead of the "
+             "measured profile")] = None,
+    out: Annotated[Path | None, typer.Option(help="write the calibrated profile here (default: stdout)")] = None,
+) -> None:
+    """Fit compute/memory efficiency and overhead for a GPU kind; report the fit error per phase."""
+    from profiler.calibrate import apply_calibration, fit_efficiency, points_from_profile
+    from profiler.gpus import get_gpu
+    from profiler.profile import ProfileError, load_profile
+
+    prof = load_profile(profile_file)
+    if prof.kind != "measured" or not prof.device:
+        raise ProfileError(f"profile: {str(profile_file)!r} is {prof.kind} ({prof.label}); calibrate needs a "
+                           "measured profile (`ppplan profile MODEL --device cpu|cuda --out FILE`)")
+    kind = get_gpu(gpu).name if gpu else prof.device
+    if kind != prof.device:
+        raise ProfileError(f"gpu: {kind!r} differs from the device {prof.device!r} the profile was measured on; "
+                           "a fit is only valid for the GPU kind that produced the times")
+    eff = fit_efficiency(prof, kind, points_from_profile(prof), source=f"ppplan calibrate {prof.label}")
+    target = prof
+    if model is not None:
+        from profiler.analytic import analytic_profile, model_spec
+
+        target = analytic_profile(model_spec(model), prof.weight_dtype, prof.kv_dtype)
+    result = apply_calibration(target, kind, eff)
+    t = Table(title=f"calibration of {kind} from {prof.label} ({eff.points} points)")
+    for c in ("η compute", "η memory", "overhead µs", "median err prefill", "median err decode", "median err all"):
+        t.add_column(c, justify="right")
+    fe = eff.fit_error
+    pct = lambda k: f"{fe[k]:.1%}" if k in fe else "-"  # noqa: E731
+    t.add_row(f"{eff.compute:.4f}", f"{eff.memory:.4f}", f"{eff.overhead_s * 1e6:.1f}", pct("prefill"),
+              pct("decode"), pct("all"))
+    (err_console if out is None else console).print(t)
+    _write_json(out or Path("-"), result.to_json())
+    if out:
+        err_console.print(f"wrote {out} ({result.label}, calibration[{kind}])")

@@ -1,0 +1,193 @@
+"""Calibration: fit the analytic model's efficiency factors for one GPU kind from measured times.
+
+The analytic time of a unit at TP 1 is ``max(C / η_f, M / η_b) + overhead`` where ``C`` is its
+compute time at the catalog's peak FLOP/s and ``M`` its memory time at the catalog's bandwidth
+(both from :class:`partitioner.costmodel.CostModel`, so the fit and the planner share one formula).
+:func:`fit_efficiency` finds the ``η_f``, ``η_b`` and per-unit ``overhead`` that minimise the mean
+squared log error over the points (a relative error, so a 50 µs embedding weighs as much as a 50 ms
+layer), by a coarse-to-fine grid search: no solver dependency, deterministic, and it always returns
+a value inside the bounds of :class:`profiler.profile.Efficiency`.
+
+Points come from a measured profile (:func:`points_from_profile`) or, later, from executor
+measurements of a running plan; both are plain ``(unit index, phase, tokens, context, seconds)``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from profiler.gpus import GPUSpec, get_gpu
+from profiler.profile import Efficiency, Profile, ProfileError
+
+__all__ = [
+    "CalibrationPoint",
+    "apply_calibration",
+    "fit_efficiency",
+    "points_from_profile",
+    "predict_points",
+    "relative_errors",
+]
+
+#: bounds of the fitted factors (Efficiency's own validation allows (0, 1.5])
+ETA_MIN, ETA_MAX = 1e-4, 1.5
+#: grid sizes of the coarse search and of each refinement
+COARSE_STEPS = 48
+REFINE_STEPS = 24
+REFINE_ROUNDS = 3
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CalibrationPoint:
+    """One measured forward of one unit at TP 1."""
+
+    unit: int
+    """unit index 0..L+1 in the profile"""
+    phase: Literal["prefill", "decode"]
+    tokens: int
+    """prefill: prompt tokens of one sequence; decode: sequences in the batch"""
+    context: int
+    """decode: cached tokens per sequence; prefill: equal to ``tokens``"""
+    seconds: float
+    """measured time of the forward, seconds (> 0)"""
+
+
+def points_from_profile(profile: Profile) -> list[CalibrationPoint]:
+    """Every measured point of ``profile`` as calibration points."""
+    return [CalibrationPoint(unit=u.index, phase=p.phase, tokens=p.tokens, context=p.context, seconds=p.time_s)
+            for u in profile.units for p in u.measured]
+
+
+def _components(profile: Profile, gpu: GPUSpec, points: Sequence[CalibrationPoint]) -> tuple[np.ndarray, np.ndarray]:
+    """Compute time at peak (η_f = 1) and memory time at full bandwidth (η_b = 1), seconds per point."""
+    from partitioner.costmodel import CostModel
+
+    analytic = profile.model_copy(update={"kind": "analytic", "calibration": {}})
+    cm = CostModel(analytic, gpu)
+    huge = 1e12  # the other roofline term vanishes next to this
+    comp_only = Efficiency.model_construct(compute=1.0, memory=huge, overhead_s=0.0)
+    mem_only = Efficiency.model_construct(compute=huge, memory=1.0, overhead_s=0.0)
+    comp, mem = np.empty(len(points)), np.empty(len(points))
+    cache: dict[tuple[str, int, int], tuple[np.ndarray, np.ndarray]] = {}
+    for k, p in enumerate(points):
+        key = (p.phase, p.tokens, p.context)
+        if key not in cache:
+            cm.efficiency = comp_only
+            c = cm._analytic(1, p.phase, p.tokens, p.context)
+            cm.efficiency = mem_only
+            m = cm._analytic(1, p.phase, p.tokens, p.context)
+            cache[key] = (c, m)
+        c, m = cache[key]
+        comp[k], mem[k] = float(c[p.unit]), float(m[p.unit])
+    return comp, mem
+
+
+def _validate(profile: Profile, points: Sequence[CalibrationPoint]) -> None:
+    if not points:
+        raise ProfileError(f"calibration: profile {profile.label} has no measured points to fit "
+                           "(measure it with `ppplan profile MODEL --device cpu|cuda`)")
+    n = len(profile.units)
+    for p in points:
+        if not 0 <= p.unit < n:
+            raise ProfileError(f"calibration: point unit {p.unit} is outside 0..{n - 1} of {profile.model.name}")
+        if not (p.seconds > 0 and math.isfinite(p.seconds)):
+            raise ProfileError(f"calibration: point of unit {p.unit} has seconds {p.seconds!r}; must be > 0")
+        if p.tokens <= 0:
+            raise ProfileError(f"calibration: point of unit {p.unit} has tokens {p.tokens}; must be > 0")
+
+
+def _search(comp: np.ndarray, mem: np.ndarray, meas: np.ndarray) -> tuple[float, float, float, float]:
+    """Coarse-to-fine search of (η_f, η_b, overhead) minimising the mean squared log error."""
+    log_meas = np.log(meas)
+    lo_f = lo_b = math.log(ETA_MIN)
+    hi_f = hi_b = math.log(ETA_MAX)
+    o_hi = float(np.min(meas))  # the overhead cannot exceed the fastest measured forward
+    lo_o, hi_o = 0.0, o_hi
+    best = (1.0, 1.0, 0.0, math.inf)
+    steps = COARSE_STEPS
+    for _ in range(REFINE_ROUNDS + 1):
+        ef = np.exp(np.linspace(lo_f, hi_f, steps))
+        eb = np.exp(np.linspace(lo_b, hi_b, steps))
+        ov = np.linspace(lo_o, hi_o, steps)
+        # shape (f, b, o, points)
+        roof = np.maximum(comp[None, None, :] / ef[:, None, None], mem[None, None, :] / eb[None, :, None])
+        pred = roof[:, :, None, :] + ov[None, None, :, None]
+        err = np.mean((np.log(np.maximum(pred, 1e-15)) - log_meas) ** 2, axis=-1)
+        i, j, k = np.unravel_index(int(np.argmin(err)), err.shape)
+        if err[i, j, k] < best[3]:
+            best = (float(ef[i]), float(eb[j]), float(ov[k]), float(err[i, j, k]))
+        # zoom around the best cell
+        span_f = (hi_f - lo_f) / (steps - 1) * 2
+        span_b = (hi_b - lo_b) / (steps - 1) * 2
+        span_o = (hi_o - lo_o) / (steps - 1) * 2
+        lf, lb = math.log(best[0]), math.log(best[1])
+        lo_f, hi_f = max(math.log(ETA_MIN), lf - span_f), min(math.log(ETA_MAX), lf + span_f)
+        lo_b, hi_b = max(math.log(ETA_MIN), lb - span_b), min(math.log(ETA_MAX), lb + span_b)
+        lo_o, hi_o = max(0.0, best[2] - span_o), min(o_hi, best[2] + span_o)
+        steps = REFINE_STEPS
+    return best
+
+
+def relative_errors(predicted: np.ndarray, measured: np.ndarray) -> np.ndarray:
+    """|predicted / measured − 1| per point."""
+    return np.abs(predicted / measured - 1.0)
+
+
+def fit_efficiency(profile: Profile, gpu: str | GPUSpec, points: Iterable[CalibrationPoint],
+                   *, source: str = "") -> Efficiency:
+    """Fit ``Efficiency`` (η_f, η_b, overhead per unit forward) of ``gpu`` to measured unit times.
+
+    Args:
+        profile: the profile whose units the points refer to (its bytes and FLOPs are used; its own
+            measured points and calibration are ignored).
+        gpu: catalog GPU kind (name or spec) the points were measured on, at TP 1.
+        points: measured forwards; see :class:`CalibrationPoint`.
+        source: provenance text stored in the result (e.g. the profile label).
+
+    Returns:
+        The fitted factors with ``fit_error`` = median relative error per phase ('prefill',
+        'decode') and 'all', and ``points`` = how many points were fitted.
+
+    Raises:
+        ProfileError: no points, a unit index outside the profile, a non-positive time.
+    """
+    spec = gpu if isinstance(gpu, GPUSpec) else get_gpu(gpu)
+    pts = list(points)
+    _validate(profile, pts)
+    comp, mem = _components(profile, spec, pts)
+    meas = np.array([p.seconds for p in pts])
+    eta_f, eta_b, overhead, _ = _search(comp, mem, meas)
+    pred = np.maximum(comp / eta_f, mem / eta_b) + overhead
+    err = relative_errors(pred, meas)
+    fit_error = {"all": float(np.median(err))}
+    for phase in ("prefill", "decode"):
+        sel = np.array([p.phase == phase for p in pts])
+        if sel.any():
+            fit_error[phase] = float(np.median(err[sel]))
+    return Efficiency(compute=eta_f, memory=eta_b, overhead_s=overhead, fit_error=fit_error, points=len(pts),
+                      source=source or f"fit to {len(pts)} points")
+
+
+def apply_calibration(profile: Profile, gpu: str, efficiency: Efficiency) -> Profile:
+    """``profile`` with ``calibration[gpu] = efficiency`` (other GPU kinds kept)."""
+    name = get_gpu(gpu).name
+    cal = dict(profile.calibration)
+    cal[name] = efficiency
+    return profile.model_copy(update={"calibration": cal})
+
+
+def predict_points(profile: Profile, gpu: str | GPUSpec, points: Sequence[CalibrationPoint]) -> np.ndarray:
+    """Seconds the cost model predicts for each point with the profile's calibration (analytic only:
+    the profile's measured points are ignored, so this tests the calibrated roofline itself)."""
+    from partitioner.costmodel import CostModel
+
+    spec = gpu if isinstance(gpu, GPUSpec) else get_gpu(gpu)
+    cm = CostModel(profile.model_copy(update={"kind": "analytic"}), spec)
+    out = np.empty(len(points))
+    for k, p in enumerate(points):
+        out[k] = float(cm.unit_times(1, p.phase, p.tokens, p.context)[p.unit])
+    return out
