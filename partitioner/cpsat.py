@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from partitioner.dp import PartitionProblem, solve_partition, stage_bounds
 
@@ -73,7 +73,7 @@ def solve_partition_cpsat(pr: PartitionProblem, *, time_limit_s: float = 10.0, w
         m.add(y[i + 1] - y[i] >= 0)
         m.add(y[i + 1] - y[i] <= 1)
     # x[i][k] <=> unit i is on stage k; unit i can only be on stages max(0, i-(n-p))..min(i, p-1)
-    x: list[dict[int, object]] = []
+    x: list[dict[int, Any]] = []
     for i in range(n):
         row = {}
         for k in range(max(0, i - (n - p)), min(i, p - 1) + 1):
@@ -105,8 +105,8 @@ def solve_partition_cpsat(pr: PartitionProblem, *, time_limit_s: float = 10.0, w
     if hint:
         dp = solve_partition(pr, tie_break=False, explain=False)
         if dp.optimal:
-            for k, (a, b) in enumerate(stage_bounds(dp.sizes)):
-                for i in range(a, b + 1):
+            for k, (first, last) in enumerate(stage_bounds(dp.sizes)):
+                for i in range(first, last + 1):
                     m.add_hint(y[i], k)
     solver = cp_model.CpSolver()
     solver.parameters.max_time_in_seconds = time_limit_s

@@ -192,7 +192,7 @@ class Plan(BaseModel):
     """A pipeline-parallel deployment plan (JSON v1)."""
 
     model_config = _F
-    schema_version: Literal[1] = PLAN_SCHEMA_VERSION
+    schema_version: Literal[1] = 1
     model: ModelIdentity
     model_source: str
     request: dict[str, object] = Field(description="the PlanRequest, as sent")

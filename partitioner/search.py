@@ -15,7 +15,7 @@ import datetime as _dt
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -580,7 +580,8 @@ def _build_plan(pl: _Planner, best: _Eval, runner: list[_Eval], pareto: list[_Ev
         "provenance": Provenance(
             profile_id=pl.profile.profile_id, profile_kind=pl.profile.kind, profile_label=label,
             cost_model=str(desc["cost_model"]), time_source=str(desc["time_source"]),
-            efficiency=dict(desc["efficiency"]), solver=SOLVER, optimal=True, solve_time_ms=solve_ms,
+            efficiency=cast(dict[str, object], desc["efficiency"]), solver=SOLVER, optimal=True,
+            solve_time_ms=solve_ms,
             configs_evaluated=pl.evaluated, ppplan_version=ver,
             created=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         ),

@@ -13,7 +13,7 @@ import io
 import logging
 import math
 import warnings
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -217,8 +217,8 @@ def describe_model(cfg: ModelConfig) -> ModelSpec:
     model = build_meta_model(hf)
     num_layers = int(hf.num_hidden_layers)
     layers_name, layers = decoder_layers(model, num_layers)
-    emb = model.get_input_embeddings()
-    head = model.get_output_embeddings()
+    emb = cast(nn.Module, model.get_input_embeddings())
+    head = cast(nn.Module | None, model.get_output_embeddings())
     names = {id(m): n for n, m in model.named_modules()}
     emb_name, head_name = names[id(emb)], names[id(head)] if head is not None else None
     tied = head is not None and head.weight is emb.weight

@@ -122,7 +122,7 @@ class Profile(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    schema_version: Literal[1] = PROFILE_SCHEMA_VERSION
+    schema_version: Literal[1] = 1
     kind: Literal["analytic", "measured"]
     model: ModelIdentity
     weight_dtype: str
