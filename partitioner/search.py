@@ -321,6 +321,10 @@ def plan_model(req: PlanRequest, profile: Profile | None = None) -> Plan:
             raise PlanningError("tp", _tp_rule(req.tp, ident.num_attention_heads, ident.num_kv_heads, pl.gpn,
                                                pl.count, ident.name))
         tps = [req.tp]
+    max_pos = ident.max_position_embeddings
+    if max_pos and pl.ctx > max_pos:
+        raise PlanningError("context", f"{pl.ctx} tokens per sequence exceed the {max_pos} positions "
+                            f"{ident.name} supports (max_position_embeddings)")
     if req.pp is not None and req.pp > pl.L:
         raise PlanningError("pp", f"{req.pp} stages exceed the {pl.L} decoder layers of {ident.name} "
                             "(every stage holds at least one decoder layer)")

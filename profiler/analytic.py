@@ -117,6 +117,7 @@ def model_identity(spec: ModelSpec) -> ModelIdentity:
         num_kv_heads=spec.num_kv_heads,
         head_dim=spec.head_dim,
         tie_word_embeddings=spec.tie_word_embeddings,
+        max_position_embeddings=spec.max_position_embeddings,
         total_params=spec.total_params,
         active_params=spec.active_params,
     )

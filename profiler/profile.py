@@ -100,6 +100,7 @@ class ModelIdentity(BaseModel):
     num_kv_heads: int
     head_dim: int
     tie_word_embeddings: bool
+    max_position_embeddings: int | None = None
     total_params: int
     active_params: int
 

@@ -155,3 +155,8 @@ def test_request_validation_names_the_field(kw: dict, field: str) -> None:
     with pytest.raises(ValidationError) as exc:
         PlanRequest(model="llama-3.1-8b", gpus=kw.pop("gpus", "8xH100"), **kw)
     assert format_validation_error(exc.value).startswith(field)
+
+
+def test_context_beyond_the_model_is_refused() -> None:
+    with pytest.raises(PlanningError, match="context: 200000 tokens per sequence exceed the 131072 positions"):
+        _plan(model="llama-3.1-8b", gpus="8xH100", context=200_000)
