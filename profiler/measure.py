@@ -667,7 +667,8 @@ def _measure_edge(ctx: _Ctx, unit: UnitCost, grid: ProfileGrid, points_left: Cal
                     x = h
                     for nm in norms:
                         x = nm(x)
-                    return lm_head(x[:, -1:, :]).float()  # logits of the sampled token, fp32 as engines keep
+                    last = x[:, -1, :].contiguous()  # the sampled token; a strided row takes a slow GEMM path
+                    return lm_head(last).float()  # fp32 logits, as engines keep them
 
                 return step
 
