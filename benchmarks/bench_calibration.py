@@ -1,0 +1,97 @@
+"""Calibration accuracy on CPU: fit efficiency on one model's measured profile, predict another's.
+
+Measures two small Llama-family configs (different widths and MLP ratios, 128-dim heads) and a
+tiny one on this CPU, fits ``Efficiency`` for the 'CPU' catalog kind on model A, and prints, per
+unit and phase, model B's measured time against the calibrated analytic prediction, with the median
+absolute relative error per phase. Figures only, no timed asserts.
+
+    python benchmarks/bench_calibration.py [--threads 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from profiler.analytic import analytic_profile, model_spec
+from profiler.calibrate import apply_calibration, fit_efficiency, points_from_profile, predict_points
+from profiler.configs import load_model_config
+from profiler.measure import ProfileGrid, run_profile
+
+GRID = ProfileGrid(prefill_tokens=(32, 128, 512), decode_batches=(1, 8, 32), decode_contexts=(128, 512))
+
+
+def _llama(hidden: int, inter: int, heads: int, kv: int, layers: int, vocab: int) -> dict[str, object]:
+    return {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": hidden,
+            "intermediate_size": inter, "num_attention_heads": heads, "num_key_value_heads": kv,
+            "head_dim": hidden // heads, "num_hidden_layers": layers, "vocab_size": vocab,
+            "max_position_embeddings": 4096, "rms_norm_eps": 1e-5, "rope_theta": 500000.0,
+            "tie_word_embeddings": False, "hidden_act": "silu"}
+
+
+MODELS = {
+    "small-a": _llama(1024, 3584, 8, 2, 2, 32000),   # fit on this one
+    "small-b": _llama(1536, 4096, 12, 4, 2, 49152),  # predict this one
+}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads while measuring")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        cfgs = {}
+        for name, raw in MODELS.items():
+            path = Path(tmp) / f"{name}.json"
+            path.write_text(json.dumps(raw))
+            cfgs[name] = load_model_config(str(path))
+        t0 = time.perf_counter()
+        profs = {n: run_profile(c, device="cpu", grid=GRID, cpu_threads=args.threads) for n, c in cfgs.items()}
+        print(f"measured {len(profs)} models in {time.perf_counter() - t0:.1f} s on CPU ({args.threads} thread(s)); "
+              f"grid {GRID.describe()}")
+        a, b = profs["small-a"], profs["small-b"]
+        eff = fit_efficiency(a, "CPU", points_from_profile(a), source=a.label)
+        print(f"fit on small-a: η_compute {eff.compute:.4f}, η_memory {eff.memory:.4f}, overhead "
+              f"{eff.overhead_s * 1e6:.1f} µs; fit error (median) "
+              + ", ".join(f"{k} {v:.1%}" for k, v in eff.fit_error.items()))
+        default = analytic_profile(model_spec(cfgs["small-b"]), "bf16", "bf16")
+        cal = apply_calibration(default, "CPU", eff)
+        pts = points_from_profile(b)
+        meas = np.array([p.seconds for p in pts])
+        pred = predict_points(cal, "CPU", pts)
+        pred_default = predict_points(default, "CPU", pts)
+        print(f"\n{'unit':>4} {'kind':>7} {'phase':>7} {'tokens':>6} {'ctx':>5} {'measured ms':>11} "
+              f"{'predicted ms':>12} {'error':>7}")
+        kinds = {u.index: u.kind for u in b.units}
+        rows: dict[tuple[str, str], list[float]] = {}
+        seen = set()
+        for p, m, q in zip(pts, meas, pred, strict=True):
+            err = q / m - 1
+            rows.setdefault((kinds[p.unit], p.phase), []).append(abs(err))
+            key = (b.units[p.unit].signature, p.phase, p.tokens, p.context)
+            if key in seen:
+                continue
+            seen.add(key)
+            print(f"{p.unit:>4} {kinds[p.unit]:>7} {p.phase:>7} {p.tokens:>6} {p.context:>5} {m * 1e3:>11.3f} "
+                  f"{q * 1e3:>12.3f} {err:>+7.1%}")
+        print("\nmedian |error| predicting small-b with small-a's calibration (uncalibrated catalog figures):")
+        for phase in ("prefill", "decode"):
+            sel = [k for k, p in enumerate(pts) if p.phase == phase]
+            e = np.abs(pred[sel] / meas[sel] - 1)
+            e0 = np.abs(pred_default[sel] / meas[sel] - 1)
+            dec = [k for k in sel if kinds[pts[k].unit] == "decoder"]
+            ed = np.abs(pred[dec] / meas[dec] - 1)
+            print(f"  {phase:>7}: all units {np.median(e):.1%} ({np.median(e0):.1%}); decoder layers "
+                  f"{np.median(ed):.1%}")
+        for (kind, phase), errs in sorted(rows.items()):
+            print(f"  {kind:>7} {phase:>7}: {statistics.median(errs):.1%} over {len(errs)} point(s)")
+
+
+if __name__ == "__main__":
+    main()
