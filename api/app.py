@@ -1,0 +1,45 @@
+"""The FastAPI app factory: routers under ``/v1``, ``/healthz``, error handlers, and the database
+brought to the Alembic head at start-up."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from api.http_errors import install_handlers
+from api.jobs import JobRunner
+from api.routes import api_router, health
+from api.settings import Settings, get_settings
+from api.store.migrate import ensure_schema
+from api.store.repo import ppplan_version
+
+__all__ = ["create_app"]
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """A ppplan service on ``settings.database_url`` (default: from the environment)."""
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        ensure_schema(settings.database_url)
+        app.state.jobs = JobRunner(settings.database_url, settings.job_workers, settings.max_jobs_kept,
+                                   max_gpus=settings.max_gpus, allow_model_paths=settings.allow_model_paths)
+        try:
+            yield
+        finally:
+            app.state.jobs.shutdown()
+
+    app = FastAPI(
+        title="ppplan",
+        version=ppplan_version(),
+        summary="Stage-partition optimizer for pipeline-parallel LLM inference, as a service.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    install_handlers(app)
+    app.include_router(health.router)
+    app.include_router(api_router, prefix="/v1")
+    return app

@@ -1,0 +1,1 @@
+"""The SQL store: engine and sessions, ORM models, migrations and repository functions."""

@@ -1,0 +1,42 @@
+"""The CLI's door to the store (imported lazily by ``api.cli``): save a plan, find a stored profile."""
+
+from __future__ import annotations
+
+from api.settings import get_settings
+from api.store.engine import session_scope
+from api.store.migrate import ensure_schema
+from partitioner.plan import Plan
+from partitioner.request import PlanRequest
+from profiler.profile import Profile, ProfileError
+
+__all__ = ["database_url", "find_profile", "save_plan_from_cli"]
+
+
+def database_url() -> str:
+    """The store's URL (``PPPLAN_DATABASE_URL`` or the local SQLite file), migrated to head."""
+    url = get_settings().database_url
+    ensure_schema(url)
+    return url
+
+
+def save_plan_from_cli(req: PlanRequest, plan: Plan) -> str:
+    """Store a plan the CLI solved (idempotent by content hash) and return its id."""
+    from api.service import store_cli_plan
+
+    with session_scope(database_url()) as session:
+        return store_cli_plan(session, req, plan).id
+
+
+def find_profile(id: str) -> Profile:
+    """The stored profile ``id``.
+
+    Raises:
+        ProfileError: no stored profile has that id (and it is not a file).
+    """
+    from api.store import repo
+
+    with session_scope(database_url()) as session:
+        prof = repo.get_profile(session, id)
+    if prof is None:
+        raise ProfileError(f"profile: {id!r} is neither a file nor a stored profile id (see GET /v1/profiles)")
+    return prof
