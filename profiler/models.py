@@ -166,7 +166,8 @@ def _decoder_unit(cfg: Any, index: int, layer: int, prefix: str, mod: nn.Module)
         rank, rope = int(cfg.kv_lora_rank), int(cfg.qk_rope_head_dim)
         nope, vdim = int(cfg.qk_nope_head_dim), int(cfg.v_head_dim)
         kv_elems = rank + rope
-        kv_elems_hf = heads * (nope + rope) + heads * vdim
+        # transformers >= 5 caches the compressed latent too (earlier releases cached per-head K/V)
+        kv_elems_hf = kv_elems
         pair_prefill = 2 * heads * (nope + rope + vdim)
         pair_decode = 2 * heads * (rank + rope) + 2 * heads * rank
         shardable = False

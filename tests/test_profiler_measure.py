@@ -24,7 +24,7 @@ from profiler.measure import (
 from profiler.profile import Profile, load_profile
 
 #: a grid small enough for CI yet with tokens far enough apart that time must grow
-GRID = ProfileGrid(prefill_tokens=(8, 256), decode_batches=(1, 32), decode_contexts=(32, 128))
+GRID = ProfileGrid(prefill_tokens=(8, 512), decode_batches=(1, 256), decode_contexts=(32, 128))
 ARCHS = ("tiny-llama", "tiny-moe", "tiny-mla", "tiny-sliding")
 
 
@@ -42,7 +42,7 @@ def test_schema_units_and_provenance(profiles: dict[str, Profile], name: str) ->
     pv = prof.provenance
     assert pv["distinct_units"] == len({u.signature for u in ana.units})
     assert pv["torch"] == torch.__version__ and pv["dtype"] == "bf16" and pv["cuda"] is None
-    assert pv["grid_prefill_tokens"] == [8, 256] and pv["profile_seconds"] > 0
+    assert pv["grid_prefill_tokens"] == [8, 512] and pv["profile_seconds"] > 0
     # identical units share their numbers
     by_sig: dict[str, list] = {}
     for u in prof.units:
@@ -91,11 +91,11 @@ def test_times_positive_and_growing_with_tokens(profiles: dict[str, Profile], na
         if u.kind != "decoder":
             continue
         pre = {p.tokens: p for p in u.measured if p.phase == "prefill"}
-        assert pre[256].time_s > pre[8].time_s
-        assert pre[256].peak_bytes > pre[8].peak_bytes  # type: ignore[operator]
+        assert pre[512].time_s > pre[8].time_s
+        assert pre[512].peak_bytes > pre[8].peak_bytes  # type: ignore[operator]
         dec = {(p.tokens, p.context): p for p in u.measured if p.phase == "decode"}
-        assert dec[(32, 128)].time_s > dec[(1, 128)].time_s
-        assert dec[(32, 128)].peak_bytes > dec[(1, 128)].peak_bytes  # type: ignore[operator]
+        assert dec[(256, 128)].time_s > dec[(1, 128)].time_s
+        assert dec[(256, 128)].peak_bytes > dec[(1, 128)].peak_bytes  # type: ignore[operator]
 
 
 def test_activation_bytes(profiles: dict[str, Profile]) -> None:
