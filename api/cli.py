@@ -126,6 +126,10 @@ def profile(
     out: Annotated[Path | None, typer.Option(help="write the profile JSON here (default: stdout)")] = None,
     budget_seconds: Annotated[float | None, typer.Option(help="bound a measured run (coarser grid)")] = None,
     gpu: Annotated[str | None, typer.Option(help="catalog GPU kind the measurement stands for")] = None,
+    grid: Annotated[str | None, typer.Option(help="measured grid, e.g. 'prefill=128,1024;batch=1,64;context=512'")]
+    = None,
+    cpu_threads: Annotated[int | None, typer.Option(help="torch threads when measuring on CPU (1 = steadiest)")]
+    = None,
 ) -> None:
     """Profile a model per planning unit: analytic (bytes, FLOPs) or measured with torch."""
     if analytic and device:
@@ -140,7 +144,8 @@ def profile(
         from profiler.measure import run_profile_cli  # imports torch
 
         prof = run_profile_cli(model=model, device=device or "cpu", weight_dtype=weight_dtype, kv_dtype=kv_dtype,
-                               budget_seconds=budget_seconds, gpu=gpu, console=err_console)
+                               budget_seconds=budget_seconds, gpu=gpu, console=err_console, grid=grid,
+                               cpu_threads=cpu_threads)
     _write_json(out or Path("-"), prof.to_json())
     if out:
         err_console.print(f"wrote {out} ({prof.label}, {len(prof.units)} units)")

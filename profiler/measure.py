@@ -952,14 +952,16 @@ def _transformers_version() -> str:
 
 
 def run_profile_cli(*, model: str, device: str, weight_dtype: str, kv_dtype: str, budget_seconds: float | None,
-                    gpu: str | None, console: Any | None) -> Profile:
+                    gpu: str | None, console: Any | None, grid: str | None = None,
+                    cpu_threads: int | None = None) -> Profile:
     """``ppplan profile MODEL --device …``: :func:`run_profile` with a progress bar and a summary line.
 
     Raises:
         MeasureError: see :func:`run_profile` (the CLI prints it and exits with status 2).
     """
     prof = run_profile(model, device=device, weight_dtype=weight_dtype, kv_dtype=kv_dtype,
-                       budget_seconds=budget_seconds, gpu=gpu, console=console)
+                       grid=parse_grid(grid) if grid else None, budget_seconds=budget_seconds, gpu=gpu,
+                       cpu_threads=cpu_threads, console=console)
     if console is not None:
         pv = prof.provenance
         skipped = pv.get("points_skipped_for_budget") or 0
