@@ -25,8 +25,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         ensure_schema(settings.database_url)
-        app.state.jobs = JobRunner(settings.database_url, settings.job_workers, settings.max_jobs_kept,
-                                   max_gpus=settings.max_gpus, allow_model_paths=settings.allow_model_paths)
         try:
             yield
         finally:
@@ -39,6 +37,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
+    # made here, not in the lifespan, so transports that skip the lifespan still find it
+    app.state.jobs = JobRunner(settings.database_url, settings.job_workers, settings.max_jobs_kept,
+                               max_gpus=settings.max_gpus, allow_model_paths=settings.allow_model_paths)
     install_handlers(app)
     app.include_router(health.router)
     app.include_router(api_router, prefix="/v1")

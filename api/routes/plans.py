@@ -10,14 +10,14 @@ from fastapi import APIRouter, Query, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
 
 from api.deps import JobsDep, SessionDep, SettingsDep
-from api.http_errors import not_found
-from api.schemas import ErrorBody, JobPublic, PlanPublic, PlansPublic, PlanSummary
+from api.http_errors import ApiError, not_found
+from api.schemas import ErrorBody, ErrorItem, JobPublic, PlanPublic, PlansPublic, PlanSummary
 from api.service import check_http_request, plan_and_store
 from api.store import repo
 from api.store.models import PlanRow
 from partitioner.exports import render_export
 from partitioner.request import Objective, PlanRequest
-from profiler.gpus import get_gpu
+from profiler.gpus import UnknownGPUError, get_gpu
 
 router = APIRouter(prefix="/plans", tags=["plans"])
 _ERR = {422: {"model": ErrorBody}}
@@ -59,7 +59,11 @@ def list_plans(
     offset: int = Query(0, ge=0, le=2**31 - 1),
 ) -> PlansPublic:
     """Stored plans, newest first, filtered and paginated."""
-    gpu_name = get_gpu(gpu).name if gpu else None
+    try:
+        gpu_name = get_gpu(gpu).name if gpu else None
+    except UnknownGPUError as exc:
+        msg = "gpu" + str(exc).removeprefix("gpus")
+        raise ApiError(422, [ErrorItem(field="gpu", message=msg, value=gpu)]) from None
     flt = repo.PlanFilter(model=model, gpu=gpu_name, objective=objective, created_after=created_after,
                           created_before=created_before)
     rows, total = repo.list_plans(session, flt, limit=limit, offset=offset)

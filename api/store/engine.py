@@ -12,7 +12,7 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-__all__ = ["dispose_engines", "get_engine", "make_engine", "session_scope"]
+__all__ = ["dispose_engine", "dispose_engines", "get_engine", "make_engine", "session_scope"]
 
 SQLITE_BUSY_TIMEOUT_S = 30.0
 """How long a SQLite writer waits for another writer's lock before failing."""
@@ -44,9 +44,10 @@ def make_engine(url: str) -> Engine:
     if u.get_backend_name() == "sqlite":
         if u.database and u.database != ":memory:":
             Path(u.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            kwargs.update(pool_size=10, max_overflow=40)
         kwargs["connect_args"] = {"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_S}
     else:
-        kwargs.update(pool_pre_ping=True, pool_size=10, max_overflow=30)
+        kwargs.update(pool_pre_ping=True, pool_size=10, max_overflow=40)
     engine = create_engine(u, **kwargs)
     if u.get_backend_name() == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
@@ -60,6 +61,14 @@ def get_engine(url: str) -> Engine:
         if eng is None:
             eng = _engines[url] = make_engine(url)
         return eng
+
+
+def dispose_engine(url: str) -> None:
+    """Close and forget the cached engine of ``url`` (before dropping its database)."""
+    with _lock:
+        eng = _engines.pop(url, None)
+    if eng is not None:
+        eng.dispose()
 
 
 def dispose_engines() -> None:

@@ -164,10 +164,10 @@ def save_plan(session: Session, req: PlanRequest, plan: Plan, content_hash: str,
         kv_capacity_tokens=min(m.kv_capacity_tokens, _I64), slo_met=m.slo_met,
         profile_id=plan.provenance.profile_id, body=d, created=now,
     )
-    session.add(request)
-    session.flush()  # the request row first: the plan's foreign key needs it
-    session.add(row)
     try:
+        session.add(request)
+        session.flush()  # the request row first: the plan's foreign key needs it
+        session.add(row)
         session.commit()
     except IntegrityError:
         session.rollback()
