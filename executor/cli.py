@@ -54,35 +54,22 @@ def _validate_plan(data: Any, where: str) -> None:
 
 
 def _stored_plan(plan_id: str) -> dict[str, Any] | None:
-    """A stored plan through the storage layer's public lookup, or None (not found / no store)."""
-    try:
-        from api import store_lookup
-    except ImportError:
-        return None
-    getter = getattr(store_lookup, "find_plan", None) or getattr(store_lookup, "get_plan", None)
-    if getter is None:
-        return None
-    found = getter(plan_id)
-    if found is None:
-        return None
-    if hasattr(found, "model_dump"):
-        return found.model_dump(mode="json")
-    return dict(found)
+    from executor.store import load_stored_plan
+
+    return load_stored_plan(plan_id)
 
 
-def _store(plan_id: str, report: dict[str, Any]) -> str | None:
-    """Store the run's rows as measurements of ``plan_id``; a sentence saying what happened."""
-    from executor.report import measurement_rows
+def _calibrate(plan_id: str) -> None:
+    from executor.calibration import calibrate_from_measurements
 
-    try:
-        from api import store_lookup
-    except ImportError:
-        return "not stored: the plan store (api.store_lookup) is not installed"
-    saver = getattr(store_lookup, "save_measurements_from_cli", None)
-    if saver is None:
-        return "not stored: api.store_lookup has no save_measurements_from_cli(plan_id, rows, report)"
-    saver(plan_id, measurement_rows(report), report)
-    return f"stored {len(report['stages']) * 2} measurement rows for plan {plan_id}"
+    _, eff, summary = calibrate_from_measurements(plan_id)
+    fe = eff.fit_error
+    console.print(f"calibrated {summary['gpu']} from {summary['rows']} stored rows ({summary['runs']} run(s), "
+                  f"{summary['points']} unit points): η compute {eff.compute:.4g}, η memory {eff.memory:.4g}, "
+                  f"overhead {eff.overhead_s * 1e6:.1f} µs; median fit error {fe.get('all', float('nan')):.1%}",
+                  highlight=False)
+    console.print(f"stored profile [bold]{summary['profile_id']}[/] ({summary['profile_label']}); replan with "
+                  f"`ppplan plan ... --profile {summary['profile_id']}`", highlight=False)
 
 
 @app.command()
@@ -107,6 +94,8 @@ def run(
     check: Annotated[bool, typer.Option(help="compare with the unsplit model")] = True,
     json_out: Annotated[Path | None, typer.Option("--json", help="write the report JSON here ('-' = stdout)")] = None,
     store: Annotated[bool, typer.Option(help="store the measurements (stored plans only)")] = True,
+    calibrate: Annotated[bool, typer.Option(help="after storing, fit the GPU kind's efficiency from all of "
+                                                 "the plan's measurements and store the calibrated profile")] = False,
 ) -> None:
     """Run PLAN's stage cut with one process per rank, check it against the unsplit model, measure it."""
     from executor.launch import LaunchOptions
@@ -125,7 +114,9 @@ def run(
                           micro_batch_size=micro_batch_size, timeout_s=timeout, launch_opts=opts, run_dir=run_dir,
                           check=check, plan_id=plan_id)
     except RankFailedError as exc:
-        fail(f"run failed, nothing stored: {exc}", code=1)
+        from rich.markup import escape
+
+        fail(escape(f"run failed, nothing stored: {exc}"), code=1)
         return
     if report is None:
         err_console.print(f"node {node_rank}: its ranks finished; node 0 holds the results")
@@ -141,7 +132,14 @@ def run(
     if json_out is None or str(json_out) != "-":
         print_report(report, console)
     passed = report["check"] is None or report["check"]["passed"]
-    if plan_id and store and passed:
-        err_console.print(_store(plan_id, report), highlight=False)
     if not passed:
         fail("correctness check failed: the pipelined run differs from the unsplit model (nothing stored)", code=1)
+    if plan_id and store:
+        from executor.store import store_measurements
+
+        n, rid = store_measurements(plan_id, report)
+        err_console.print(f"stored {n} measurement rows of plan {plan_id} (run {rid})", highlight=False)
+        if calibrate:
+            _calibrate(plan_id)
+    elif calibrate:
+        fail("calibrate: needs a stored plan id (and --store) so the fit reads stored measurements")

@@ -71,8 +71,9 @@ def launch(spec: RunSpec, spec_path: Path, world_size: int, opts: LaunchOptions,
         raise ExecutorError(f"nnodes: {world_size} ranks do not split evenly over {opts.nnodes} nodes")
     nproc = world_size // opts.nnodes
     endpoint = opts.rdzv_endpoint or f"127.0.0.1:{free_port()}"
-    logging.getLogger("torch.distributed.elastic").setLevel(logging.ERROR)
-    logging.getLogger("torch.distributed.launcher").setLevel(logging.ERROR)
+    # the failure is reported once, by us, with the rank's own error line
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
+    logging.getLogger("torch.distributed.launcher").setLevel(logging.CRITICAL)
     cfg = LaunchConfig(
         min_nodes=opts.nnodes, max_nodes=opts.nnodes, nproc_per_node=nproc,
         run_id=opts.run_id or f"ppplan-{uuid.uuid4().hex[:8]}",
@@ -95,7 +96,9 @@ def _describe_failure(exc: object, nproc: int, node_rank: int, spec: RunSpec, lo
         code = getattr(f, "exitcode", None)
         stage = grank // tp
         detail = _error_line(log_dir, grank - node_rank * nproc) or f"exit status {code}"
-        lines.append(f"rank {grank} (stage {stage}) failed: {detail}")
+        lines.append((("died or hangs" in detail), f"rank {grank} (stage {stage}) failed: {detail}"))
+    # the rank that failed first (not its neighbours left waiting on it) comes first
+    lines = [text for _, text in sorted(lines, key=lambda x: x[0])]
     if not lines:
         lines.append(str(exc).strip().splitlines()[0])
     return "; ".join(lines) + f" (rank logs in {log_dir})"

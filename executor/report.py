@@ -26,7 +26,7 @@ def build_report(plan: dict[str, Any], result: dict[str, Any], *, workload_note:
     """The run report: per-stage predicted vs measured, headline figures and the check."""
     wl = result["workload"]
     b, M, N = wl["micro_batch_size"], wl["micro_batches"], wl["new_tokens"]
-    ranks = {r["stage"]: r for r in result["ranks"] if r["rank"] % max(1, result.get("tp", 1)) == 0}
+    ranks = {r["stage"]: r for r in result["ranks"] if r.get("tp_rank", 0) == 0}
     plan_wl = plan["workload"]
     same_workload = (plan_wl["prompt_tokens"] == wl["prompt_tokens"] and plan_wl["output_tokens"] == wl["new_tokens"]
                      and plan["degrees"]["micro_batch_size"] == b and plan["degrees"]["micro_batches"] == M)
@@ -55,6 +55,7 @@ def build_report(plan: dict[str, Any], result: dict[str, Any], *, workload_note:
                 "tpot_ms": dec_wall / (N - 1) * 1e3 if N > 1 else None,
                 "decode_tokens_per_s": M * b * (N - 1) / dec_wall if N > 1 and dec_wall > 0 else None}
     notes = [f"workload: {workload_note}"]
+    notes.extend(sorted({n for r in result["ranks"] for n in r.get("tp_notes", [])}))
     if not same_device:
         notes.append(f"the plan predicts {plan['cluster']['gpu']} times; this run used {device} ranks, so the "
                      "comparison checks the cut, not the cost model")

@@ -42,15 +42,15 @@ def check_runnable(plan: dict[str, Any], device: str) -> list[str]:
     """Refuse what the executor cannot run (with the reason) and return notes on what it simplifies."""
     deg = plan["degrees"]
     notes = []
-    if deg["tp"] > 1:
-        raise ExecutorError(
-            f"degrees.tp: {deg['tp']} > 1 is not executable yet: torch's tensor-parallel API "
-            "(parallelize_module + ColwiseParallel/RowwiseParallel) shards the decoder layers' Linear weights "
-            "as DTensors, but transformers' attention reshapes q/k/v with the config's full head count "
-            "(view(…, -1, head_dim) then num_key_value_groups from the config), so a sharded layer computes "
-            "the wrong shapes unless the module's head counts are rewritten per rank; replan with --tp 1 "
-            "to check the cut"
-        )
+    if deg["tp"] > 1 and device == "cuda":
+        import torch
+
+        if torch.cuda.device_count() < deg["tp"] * deg["pp"]:
+            raise ExecutorError(
+                f"degrees.tp: {deg['tp']} on {torch.cuda.device_count()} GPU(s) for {deg['tp'] * deg['pp']} ranks: "
+                "tensor parallelism on CUDA needs NCCL, and NCCL needs one GPU per rank; run with --device cpu "
+                "to check the cut, or replan with --tp 1"
+            )
     if deg["replicas"] > 1:
         notes.append(f"the plan has {deg['replicas']} replicas; the executor runs one (replicas are "
                      "independent copies of the same cut)")

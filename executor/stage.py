@@ -18,7 +18,15 @@ from torch import nn
 
 from executor.spec import ExecutorError
 
-__all__ = ["StageLayout", "StageRuntime", "build_stage", "dtype_of", "rotary_embedding", "stage_layout"]
+__all__ = [
+    "StageLayout",
+    "StageRuntime",
+    "build_stage",
+    "dtype_of",
+    "rotary_embedding",
+    "stage_layout",
+    "tensor_parallelize",
+]
 
 _DTYPE = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -185,3 +193,42 @@ def build_stage(model_name: str, modules: Sequence[str], *, seed: int, device: t
     nbytes = materialise(model, modules, seed=seed, std=float(getattr(hf, "initializer_range", 0.02)),
                          device=device, dtype=dtype, checkpoint=Path(checkpoint) if checkpoint else None)
     return StageRuntime(model, layout, hf, device, dtype), nbytes
+
+
+def tensor_parallelize(rt: StageRuntime, tp_mesh: Any) -> list[str]:
+    """Shard the stage's decoder layers over ``tp_mesh`` with torch's tensor-parallel API.
+
+    Attention: q/k/v projections column-wise (each rank computes its heads), o_proj row-wise (one
+    all-reduce); a dense MLP likewise (gate/up column-wise, down row-wise). Embedding, norms, LM
+    head and fused MoE experts stay replicated. Returns notes on what was not sharded.
+
+    Raises:
+        ExecutorError: a TP degree that does not divide the attention or KV heads.
+    """
+    from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
+
+    tp = tp_mesh.size()
+    cfg = rt.hf_config
+    heads = int(cfg.num_attention_heads)
+    kv = int(getattr(cfg, "num_key_value_heads", None) or heads)
+    if heads % tp or kv % tp:
+        raise ExecutorError(f"degrees.tp: {tp} must divide the {heads} attention heads and the {kv} KV heads "
+                            "(the executor shards whole heads; KV-head replication is not implemented)")
+    notes: list[str] = []
+    for layer in rt.layers:
+        plan: dict[str, Any] = {}
+        attn = getattr(layer, "self_attn", None)
+        if attn is None or not all(hasattr(attn, n) for n in ("q_proj", "k_proj", "v_proj", "o_proj")):
+            raise ExecutorError(f"degrees.tp: {type(layer).__name__} has no q/k/v/o projections to shard")
+        plan.update({"self_attn.q_proj": ColwiseParallel(), "self_attn.k_proj": ColwiseParallel(),
+                     "self_attn.v_proj": ColwiseParallel(), "self_attn.o_proj": RowwiseParallel()})
+        mlp = getattr(layer, "mlp", None)
+        if mlp is not None and all(isinstance(getattr(mlp, n, None), nn.Linear)
+                                   for n in ("gate_proj", "up_proj", "down_proj")):
+            plan.update({"mlp.gate_proj": ColwiseParallel(), "mlp.up_proj": ColwiseParallel(),
+                         "mlp.down_proj": RowwiseParallel()})
+        elif mlp is not None and not notes:
+            notes.append(f"{type(mlp).__name__} (fused experts) is replicated on every TP rank: only attention "
+                         "is tensor-parallel")
+        parallelize_module(layer, tp_mesh, plan)
+    return notes

@@ -67,8 +67,9 @@ class PhaseStats:
 class _Ring:
     """Point-to-point traffic of one rank, with timeouts and byte counts."""
 
-    def __init__(self, spec: RunSpec, stage: int, pp: int, device: torch.device) -> None:
+    def __init__(self, spec: RunSpec, stage: int, pp: int, device: torch.device, tp_rank: int = 0) -> None:
         self.spec = spec
+        self.tp_rank = tp_rank
         self.stage = stage
         self.pp = pp
         self.device = device
@@ -78,7 +79,9 @@ class _Ring:
         self.staged = spec.backend == "gloo" and device.type == "cuda"
 
     def rank_of(self, stage: int) -> int:
-        return self.spec.stage_first_rank[stage]
+        # TP rank j of a stage talks to TP rank j of its neighbours: every TP rank holds the
+        # full (all-reduced) activations, so no broadcast inside a stage is needed
+        return self.spec.stage_first_rank[stage] + self.tp_rank
 
     def send(self, t: torch.Tensor, to_stage: int, stats: PhaseStats) -> None:
         t0 = time.perf_counter()
@@ -223,6 +226,20 @@ def run_schedule(rt: Any, ring: _Ring, spec: RunSpec, new_tokens: int, weight_by
     return stats, out
 
 
+def _stage_params(rt: Any) -> list[torch.Tensor]:
+    mods = [m for m in (rt.embed, *rt.layers, *rt.tail, rt.head) if m is not None]
+    seen: dict[int, torch.Tensor] = {}
+    for m in mods:
+        for p in m.parameters():
+            seen[id(p)] = p
+    return list(seen.values())
+
+
+def _local_bytes(p: torch.Tensor) -> int:
+    local = p.to_local() if hasattr(p, "to_local") else p
+    return local.numel() * local.element_size()
+
+
 def _atomic_write(path: Path, write: Any) -> None:
     tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
     write(tmp)
@@ -249,13 +266,22 @@ def run_rank(spec: RunSpec) -> None:
     dist.init_process_group(spec.backend, timeout=_dt.timedelta(seconds=spec.timeout_s),
                             device_id=device if spec.backend == "nccl" else None)
     try:
-        stage = rank // spec.tp
+        stage, tp_rank = divmod(rank, spec.tp)
         t0 = time.perf_counter()
         rt, wbytes = build_stage(plan["model_source"].removeprefix("preset:"), stages[stage]["modules"],
                                  seed=spec.seed, device=device, dtype=dtype_of(spec.dtype),
                                  checkpoint=spec.checkpoint)
+        tp_notes: list[str] = []
+        if spec.tp > 1:
+            from torch.distributed.device_mesh import init_device_mesh
+
+            from executor.stage import tensor_parallelize
+
+            mesh = init_device_mesh(device.type, (pp, spec.tp), mesh_dim_names=("pp", "tp"))
+            tp_notes = tensor_parallelize(rt, mesh["tp"])
+            wbytes = sum(_local_bytes(p) for p in _stage_params(rt))
         build_s = time.perf_counter() - t0
-        ring = _Ring(spec, stage, pp, device)
+        ring = _Ring(spec, stage, pp, device, tp_rank)
         rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         if spec.warmup:
             run_schedule(rt, ring, spec, min(WARMUP_NEW_TOKENS, spec.load_workload.new_tokens), wbytes,
@@ -264,13 +290,14 @@ def run_rank(spec: RunSpec) -> None:
         t_run = time.perf_counter()
         stats, out = run_schedule(rt, ring, spec, spec.load_workload.new_tokens, wbytes, measure=True)
         run_s = time.perf_counter() - t_run
-        mine = {"rank": rank, "stage": stage, "host": os.uname().nodename, "device": str(device),
+        mine = {"rank": rank, "stage": stage, "tp_rank": tp_rank, "tp_notes": tp_notes,
+                "host": os.uname().nodename, "device": str(device),
                 "weight_bytes": wbytes, "build_s": build_s, "run_s": run_s,
                 "max_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
                 "rss_before_run_bytes": rss0 * 1024,
                 "phases": {k: v.to_dict() for k, v in stats.items()}}
         gathered: list[Any] = [None] * world if rank == 0 else []
-        dist.gather_object((mine, out or None), gathered if rank == 0 else None, dst=0)
+        dist.gather_object((mine, (out or None) if tp_rank == 0 else None), gathered if rank == 0 else None, dst=0)
         if rank == 0:
             _write_results(spec, plan, gathered)
         dist.barrier()
@@ -284,7 +311,7 @@ def _write_results(spec: RunSpec, plan: dict[str, Any], gathered: list[Any]) -> 
     outputs = next(g[1] for g in gathered if g[1])
     out_dir = Path(spec.out_dir)
     _atomic_write(out_dir / "outputs.pt", lambda p: torch.save(outputs, p))
-    result = {"ranks": per_rank, "world_size": len(per_rank), "backend": spec.backend,
+    result = {"ranks": per_rank, "world_size": len(per_rank), "tp": spec.tp, "backend": spec.backend,
               "torch": torch.__version__, "workload": spec.workload}
     # result.json last: its presence means the run completed and outputs.pt is whole
     _atomic_write(out_dir / "result.json", lambda p: p.write_text(json.dumps(result, indent=1)))

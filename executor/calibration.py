@@ -1,0 +1,170 @@
+"""Executor measurements → calibration points → the profile used for planning.
+
+The store keeps stage times, the fit (:func:`profiler.calibrate.fit_efficiency`) wants unit times:
+a stage's measured step is split over its units in proportion to the analytic times of those units
+(TP 1, the step's tokens and context). The split is refined by fixed-point iteration
+(:data:`SPLIT_ROUNDS`): split with the current fit's unit times, fit again. The first split uses
+the uncalibrated shares, where an embedding lookup costs next to nothing; on hosts where a fixed
+per-forward overhead dominates (CPU ranks) the fit then learns that overhead and the next split
+gives the embedding its share. The fit learns from how stages of different unit mixes (embedding,
+decoder layers, head) and the two phases deviate from the prediction.
+
+Phases: a prefill row's step is ``micro_batch_size`` prompts of ``tokens / micro_batch_size``
+tokens (one point per prompt: time / micro_batch_size); a decode row's step is one token for each
+of ``micro_batch_size`` sequences with the cache holding the prompt plus, on average, half the
+plan's output tokens.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from executor.spec import ExecutorError
+
+__all__ = [
+    "SPLIT_ROUNDS",
+    "calibrate_from_measurements",
+    "fit_stage_measurements",
+    "points_from_rows",
+    "predict_stage_seconds",
+    "profile_for_plan",
+]
+
+#: fit → re-split rounds of :func:`fit_stage_measurements`
+SPLIT_ROUNDS = 4
+
+
+def profile_for_plan(plan: Mapping[str, Any]) -> Any:
+    """The analytic profile of the plan's model at the plan's dtypes."""
+    from executor.run import model_name_of
+    from profiler.analytic import analytic_profile, model_spec
+
+    return analytic_profile(model_spec(model_name_of(dict(plan))), plan["weight_dtype"], plan["kv_dtype"])
+
+
+def _run_shapes(rows: list[Mapping[str, Any]], plan: Mapping[str, Any]) -> dict[str | None, tuple[int, int]]:
+    """(prompt tokens, decode context) per run id, from its prefill rows."""
+    out: dict[str | None, tuple[int, int]] = {}
+    half_out = int(plan["workload"]["output_tokens"]) // 2
+    for r in rows:
+        if r["phase"] == "prefill":
+            P = max(1, int(r["tokens"]) // int(r["micro_batch_size"]))
+            out[r.get("run_id")] = (P, P + half_out)
+    return out
+
+
+def _stage_units(plan: Mapping[str, Any]) -> list[range]:
+    return [range(s["units"][0], s["units"][1] + 1) for s in plan["stages"]]
+
+
+def points_from_rows(plan: Mapping[str, Any], rows: Iterable[Mapping[str, Any]], profile: Any) -> list[Any]:
+    """Calibration points (per unit) from stored stage rows of ``plan`` (see the module docstring)."""
+    from partitioner.costmodel import CostModel
+    from profiler.calibrate import CalibrationPoint
+    from profiler.gpus import get_gpu
+
+    rows = list(rows)
+    if not rows:
+        raise ExecutorError("measurements: the plan has no stored measurements (run it with `ppplan run PLAN_ID`)")
+    if plan["degrees"]["tp"] != 1:
+        raise ExecutorError(f"degrees.tp: {plan['degrees']['tp']}; calibration points are TP-1 unit times")
+    shapes = _run_shapes(rows, plan)
+    cm = CostModel(profile, get_gpu(plan["cluster"]["gpu"]))
+    units = _stage_units(plan)
+    pts = []
+    for r in rows:
+        b = int(r["micro_batch_size"])
+        P, ctx = shapes.get(r.get("run_id"), (int(plan["workload"]["prompt_tokens"]),) * 2)
+        if r["phase"] == "prefill":
+            tokens, context, seconds = P, P, float(r["compute_s"]) / b
+        else:
+            tokens, context, seconds = b, ctx, float(r["compute_s"])
+        if seconds <= 0:
+            continue
+        t = cm.unit_times(1, r["phase"], tokens, context)
+        us = units[int(r["stage"])]
+        total = float(sum(t[u] for u in us))
+        for u in us:
+            pts.append(CalibrationPoint(unit=u, phase=r["phase"], tokens=tokens, context=context,
+                                        seconds=seconds * float(t[u]) / total))
+    return pts
+
+
+def predict_stage_seconds(plan: Mapping[str, Any], profile: Any, *, phase: str, tokens: int, context: int,
+                          batch: int = 1) -> list[float]:
+    """Seconds the (calibrated) cost model predicts for one step of each stage of ``plan``.
+
+    prefill: ``batch`` prompts of ``tokens`` tokens; decode: ``tokens`` sequences at ``context``.
+    """
+    from partitioner.costmodel import CostModel
+    from profiler.gpus import get_gpu
+
+    cm = CostModel(profile, get_gpu(plan["cluster"]["gpu"]))
+    t = cm.unit_times(1, phase, tokens, context)  # type: ignore[arg-type]
+    scale = batch if phase == "prefill" else 1
+    return [float(sum(t[u] for u in us)) * scale for us in _stage_units(plan)]
+
+
+def fit_stage_measurements(plan: Mapping[str, Any], rows: Iterable[Mapping[str, Any]], base: Any,
+                           *, source: str) -> tuple[Any, Any, int]:
+    """Fit the plan's GPU kind to stage rows (see the module docstring).
+
+    Returns:
+        (calibrated profile, Efficiency, number of unit points).
+    """
+    from profiler.calibrate import apply_calibration, fit_efficiency
+
+    rows = list(rows)
+    gpu = plan["cluster"]["gpu"]
+    current = base
+    eff = None
+    pts: list[Any] = []
+    for _ in range(SPLIT_ROUNDS):
+        pts = points_from_rows(plan, rows, current)
+        eff = fit_efficiency(base, gpu, pts, source=source)
+        current = apply_calibration(base, gpu, eff)
+    return current, eff, len(pts)
+
+
+def calibrate_from_measurements(plan_id: str, *, run_id: str | None = None,
+                                save: bool = True) -> tuple[Any, Any, dict[str, Any]]:
+    """Fit the plan's GPU kind from its stored measurements.
+
+    Returns:
+        (calibrated analytic profile, fitted Efficiency, summary with the stored profile id when
+        ``save``). Plan with it: ``ppplan plan MODEL --profile <profile id or file>``.
+
+    Raises:
+        ExecutorError: unknown plan, no measurements, a TP > 1 plan.
+    """
+    from executor.store import load_stored_plan, stored_measurements
+
+    plan = load_stored_plan(plan_id)
+    if plan is None:
+        raise ExecutorError(f"plan: {plan_id!r} is not a stored plan id")
+    rows = stored_measurements(plan_id, run_id) or []
+    base = profile_for_plan(plan)
+    gpu = plan["cluster"]["gpu"]
+    if not rows:
+        raise ExecutorError(f"measurements: plan {plan_id!r} has no stored measurements "
+                            "(run it with `ppplan run PLAN_ID`)")
+    prof, eff, npts = fit_stage_measurements(
+        plan, rows, base, source=f"executor measurements of plan {plan_id}"
+        + (f" run {run_id}" if run_id else f" ({len(rows)} rows)"))
+    summary: dict[str, Any] = {"plan_id": plan_id, "gpu": gpu, "rows": len(rows), "points": npts,
+                               "efficiency": eff.model_dump(), "profile_label": prof.label}
+    by_run: dict[Any, int] = defaultdict(int)
+    for r in rows:
+        by_run[r.get("run_id")] += 1
+    summary["runs"] = len(by_run)
+    if save:
+        from api.store import repo
+        from api.store.engine import session_scope
+        from api.store_lookup import database_url
+
+        with session_scope(database_url()) as session:
+            row, _ = repo.save_profile(session, prof)
+            summary["profile_id"] = row.id
+    return prof, eff, summary
