@@ -25,15 +25,19 @@ from executor.spec import ExecutorError
 
 __all__ = [
     "SPLIT_ROUNDS",
+    "START_OVERHEADS",
     "calibrate_from_measurements",
     "fit_stage_measurements",
     "points_from_rows",
     "predict_stage_seconds",
     "profile_for_plan",
+    "stage_log_error",
 ]
 
 #: fit → re-split rounds of :func:`fit_stage_measurements`
-SPLIT_ROUNDS = 4
+SPLIT_ROUNDS = 6
+#: starting per-unit overheads, as fractions of the smallest measured time per unit
+START_OVERHEADS = (0.0, 0.5, 0.9)
 
 
 def profile_for_plan(plan: Mapping[str, Any]) -> Any:
@@ -75,12 +79,7 @@ def points_from_rows(plan: Mapping[str, Any], rows: Iterable[Mapping[str, Any]],
     units = _stage_units(plan)
     pts = []
     for r in rows:
-        b = int(r["micro_batch_size"])
-        P, ctx = shapes.get(r.get("run_id"), (int(plan["workload"]["prompt_tokens"]),) * 2)
-        if r["phase"] == "prefill":
-            tokens, context, seconds = P, P, float(r["compute_s"]) / b
-        else:
-            tokens, context, seconds = b, ctx, float(r["compute_s"])
+        tokens, context, seconds = _row_shape(plan, rows, r, shapes)
         if seconds <= 0:
             continue
         t = cm.unit_times(1, r["phase"], tokens, context)
@@ -107,25 +106,66 @@ def predict_stage_seconds(plan: Mapping[str, Any], profile: Any, *, phase: str, 
     return [float(sum(t[u] for u in us)) * scale for us in _stage_units(plan)]
 
 
+def _row_shape(plan: Mapping[str, Any], rows: list[Mapping[str, Any]], r: Mapping[str, Any],
+               shapes: dict[str | None, tuple[int, int]]) -> tuple[int, int, float]:
+    """(tokens, context, seconds) of one row in the cost model's units (prefill: per prompt)."""
+    b = int(r["micro_batch_size"])
+    P, ctx = shapes.get(r.get("run_id"), (int(plan["workload"]["prompt_tokens"]),) * 2)
+    if r["phase"] == "prefill":
+        return P, P, float(r["compute_s"]) / b
+    return b, ctx, float(r["compute_s"])
+
+
+def stage_log_error(plan: Mapping[str, Any], rows: Iterable[Mapping[str, Any]], profile: Any) -> float:
+    """Mean squared log error of ``profile``'s stage times against the rows (the fit's own measure)."""
+    import math
+
+    rows = list(rows)
+    shapes = _run_shapes(rows, plan)
+    total = 0.0
+    for r in rows:
+        tokens, context, seconds = _row_shape(plan, rows, r, shapes)
+        pred = predict_stage_seconds(plan, profile, phase=r["phase"], tokens=tokens, context=context)[int(r["stage"])]
+        total += (math.log(pred) - math.log(seconds)) ** 2
+    return total / max(1, len(rows))
+
+
 def fit_stage_measurements(plan: Mapping[str, Any], rows: Iterable[Mapping[str, Any]], base: Any,
                            *, source: str) -> tuple[Any, Any, int]:
     """Fit the plan's GPU kind to stage rows (see the module docstring).
+
+    The split → fit iteration starts from several per-unit overheads (:data:`START_OVERHEADS` of
+    the smallest measured time per unit) and keeps the fit whose stage times match the rows best:
+    a start without overhead cannot learn an overhead-dominated host (the fit bounds the overhead by
+    the smallest point, which the first split makes an embedding's tiny share).
 
     Returns:
         (calibrated profile, Efficiency, number of unit points).
     """
     from profiler.calibrate import apply_calibration, fit_efficiency
+    from profiler.profile import Efficiency
 
-    rows = list(rows)
+    rows = [r for r in rows if float(r["compute_s"]) > 0]
+    if not rows:
+        raise ExecutorError("measurements: no row has a positive compute time to fit")
     gpu = plan["cluster"]["gpu"]
-    current = base
-    eff = None
-    pts: list[Any] = []
-    for _ in range(SPLIT_ROUNDS):
-        pts = points_from_rows(plan, rows, current)
-        eff = fit_efficiency(base, gpu, pts, source=source)
-        current = apply_calibration(base, gpu, eff)
-    return current, eff, len(pts)
+    units = _stage_units(plan)
+    shapes = _run_shapes(rows, plan)
+    per_unit = min(_row_shape(plan, rows, r, shapes)[2] / len(units[int(r["stage"])]) for r in rows)
+    best: tuple[float, Any, Any, int] | None = None
+    for frac in START_OVERHEADS:
+        start = Efficiency(compute=0.6, memory=0.8, overhead_s=per_unit * frac, source="start")
+        current = apply_calibration(base, gpu, start) if frac > 0 else base
+        for _ in range(SPLIT_ROUNDS):
+            pts = points_from_rows(plan, rows, current)
+            eff = fit_efficiency(base, gpu, pts, source=source)
+            current = apply_calibration(base, gpu, eff)
+        err = stage_log_error(plan, rows, current)
+        if best is None or err < best[0]:
+            best = (err, current, eff, len(pts))
+    if best is None:
+        raise ExecutorError("measurements: nothing to fit")
+    return best[1], best[2], best[3]
 
 
 def calibrate_from_measurements(plan_id: str, *, run_id: str | None = None,

@@ -91,6 +91,8 @@ def run(
     rdzv_endpoint: Annotated[str | None, typer.Option(help="node 0's HOST:PORT (needed with --nnodes > 1)")] = None,
     run_id: Annotated[str | None, typer.Option(help="a name shared by the hosts of one run")] = None,
     run_dir: Annotated[Path | None, typer.Option(help="keep rank logs and raw results here")] = None,
+    partition: Annotated[str | None, typer.Option(help="run another cut: decoder layers per stage, e.g. 1,3 "
+                                                       "(not stored as a measurement of the plan)")] = None,
     check: Annotated[bool, typer.Option(help="compare with the unsplit model")] = True,
     json_out: Annotated[Path | None, typer.Option("--json", help="write the report JSON here ('-' = stdout)")] = None,
     store: Annotated[bool, typer.Option(help="store the measurements (stored plans only)")] = True,
@@ -106,6 +108,13 @@ def run(
     if device not in ("cpu", "cuda"):
         fail(f"device: {device!r} must be 'cpu' or 'cuda'")
     data, plan_id = load_plan_arg(plan)
+    if partition is not None:
+        from executor.recut import parse_partition, recut
+
+        data = recut(data, parse_partition(partition))
+        if plan_id is not None and store:
+            err_console.print(f"note: --partition re-cuts plan {plan_id}; its measurements are not stored")
+            store = False
     opts = LaunchOptions(nnodes=nnodes, node_rank=node_rank, rdzv_endpoint=rdzv_endpoint, run_id=run_id)
     try:
         report = run_plan(data, device=device, dtype=dtype, seed=seed,
