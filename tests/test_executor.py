@@ -176,3 +176,16 @@ def test_calibration_from_stage_times_recovers_the_cut(tmp_path: Path, true: Eff
     cal, eff, _ = fit_stage_measurements(plan, rows, base, source="test")
     assert plan_model(req, cal).partition == want
     assert eff.fit_error["all"] < 0.1
+
+
+def test_gpu_script_prepares_an_uneven_8b_shaped_plan(tmp_path: Path) -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("run_gpu_executor", "scripts/run_gpu_executor.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    plan = mod.prepare(tmp_path, 4, "2xH100", 128, 8, 4)
+    assert len(set(plan["partition"])) == 2 and sum(plan["partition"]) == 4
+    assert plan["model"]["hidden_size"] == 4096 and plan["model"]["vocab_size"] == 128256
+    assert json.loads((tmp_path / "plan.json").read_text())["partition"] == plan["partition"]
