@@ -17,6 +17,10 @@ __all__ = ["dispose_engine", "dispose_engines", "get_engine", "make_engine", "se
 SQLITE_BUSY_TIMEOUT_S = 30.0
 """How long a SQLite writer waits for another writer's lock before failing."""
 
+POOL_SIZE = 10
+POOL_OVERFLOW = 40
+"""Connections kept open, and opened beyond them under load (api.deps bounds sessions below the sum)."""
+
 _engines: dict[str, Engine] = {}
 _lock = threading.Lock()
 
@@ -44,10 +48,10 @@ def make_engine(url: str) -> Engine:
     if u.get_backend_name() == "sqlite":
         if u.database and u.database != ":memory:":
             Path(u.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-            kwargs.update(pool_size=10, max_overflow=40)
+            kwargs.update(pool_size=POOL_SIZE, max_overflow=POOL_OVERFLOW)
         kwargs["connect_args"] = {"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_S}
     else:
-        kwargs.update(pool_pre_ping=True, pool_size=10, max_overflow=40)
+        kwargs.update(pool_pre_ping=True, pool_size=POOL_SIZE, max_overflow=POOL_OVERFLOW)
     engine = create_engine(u, **kwargs)
     if u.get_backend_name() == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
