@@ -105,22 +105,7 @@ def model_spec(model: str | ModelConfig) -> ModelSpec:
 
 def model_identity(spec: ModelSpec) -> ModelIdentity:
     """The identity block of a spec, as profiles and plans carry it."""
-    return ModelIdentity(
-        name=spec.name,
-        model_type=spec.model_type,
-        architecture=spec.architecture,
-        config_hash=spec.config_hash,
-        num_layers=spec.num_layers,
-        hidden_size=spec.hidden_size,
-        vocab_size=spec.vocab_size,
-        num_attention_heads=spec.num_attention_heads,
-        num_kv_heads=spec.num_kv_heads,
-        head_dim=spec.head_dim,
-        tie_word_embeddings=spec.tie_word_embeddings,
-        max_position_embeddings=spec.max_position_embeddings,
-        total_params=spec.total_params,
-        active_params=spec.active_params,
-    )
+    return ModelIdentity.model_validate(spec.model_dump(include=set(ModelIdentity.model_fields)))
 
 
 def analytic_profile(spec: ModelSpec, weight_dtype: str = "bf16", kv_dtype: str = "bf16") -> Profile:

@@ -92,7 +92,7 @@ class ModelIdentity(BaseModel):
     name: str
     model_type: str
     architecture: str
-    config_hash: str
+    config_hash: str = Field(description="sha256 of the canonical config JSON")
     num_layers: int
     hidden_size: int
     vocab_size: int
@@ -101,8 +101,8 @@ class ModelIdentity(BaseModel):
     head_dim: int
     tie_word_embeddings: bool
     max_position_embeddings: int | None = None
-    total_params: int
-    active_params: int
+    total_params: int = Field(description="parameters of the built model, tied weights counted once")
+    active_params: int = Field(description="parameters used per token, embedding excluded (MoE: shared + top-k)")
 
 
 class Efficiency(BaseModel):

@@ -10,6 +10,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from profiler.profile import ModelIdentity
+
 UnitKind = Literal["embed", "decoder", "head"]
 AttentionKind = Literal["full", "sliding", "mla", "none"]
 
@@ -48,25 +50,11 @@ class UnitSpec(BaseModel):
     tp_allreduces: int = Field(0, description="all-reduces per forward under tensor parallelism")
 
 
-class ModelSpec(BaseModel):
-    """A model's identity and its planning units."""
+class ModelSpec(ModelIdentity):
+    """A model's identity (the block profiles and plans carry) plus its planning units."""
 
     model_config = ConfigDict(frozen=True)
 
-    name: str
-    model_type: str
-    architecture: str
-    config_hash: str = Field(description="sha256 of the canonical config JSON")
-    num_layers: int
-    hidden_size: int
-    vocab_size: int
-    num_attention_heads: int
-    num_kv_heads: int
-    head_dim: int
-    tie_word_embeddings: bool
-    max_position_embeddings: int | None = None
-    total_params: int = Field(description="parameters of the built model, tied weights counted once")
-    active_params: int
     units: list[UnitSpec]
     notes: list[str] = Field(default_factory=list)
 
