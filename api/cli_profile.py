@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from api.cli import _write_json, app, console, err_console, user_errors
+from api.cli import _write_json, app, console, err_console, fail, user_errors
 
 __all__ = ["calibrate"]
 
@@ -20,17 +20,34 @@ __all__ = ["calibrate"]
 @app.command()
 @user_errors
 def calibrate(
-    profile_file: Annotated[Path, typer.Argument(help="measured profile JSON (from `ppplan profile --device`)")],
+    profile_file: Annotated[Path | None, typer.Argument(
+        help="measured profile JSON (from `ppplan profile --device`)")] = None,
+    from_measurements: Annotated[str | None, typer.Option(
+        help="fit from the executor measurements stored for this plan id (`ppplan run PLAN_ID`)")] = None,
+    run_id: Annotated[str | None, typer.Option(help="with --from-measurements: only this run's rows")] = None,
     gpu: Annotated[str | None, typer.Option(help="catalog GPU kind to fit (default: the profile's device)")] = None,
     model: Annotated[str | None, typer.Option(
         help="write the analytic profile of this model (same dtypes) carrying the fit, instead of the "
              "measured profile")] = None,
     out: Annotated[Path | None, typer.Option(help="write the calibrated profile here (default: stdout)")] = None,
 ) -> None:
-    """Fit compute/memory efficiency and overhead for a GPU kind; report the fit error per phase."""
+    """Fit compute/memory efficiency and overhead for a GPU kind; report the fit error per phase.
+
+    From a measured profile (PROFILE_FILE) or from a stored plan's executor measurements
+    (--from-measurements PLAN_ID, which stores the calibrated profile and prints its id).
+    """
     from profiler.calibrate import apply_calibration, fit_efficiency, points_from_profile
     from profiler.gpus import get_gpu
     from profiler.profile import ProfileError, load_profile
+
+    if from_measurements is not None:
+        if profile_file is not None:
+            fail("give either PROFILE_FILE or --from-measurements PLAN_ID, not both")
+        _from_measurements(from_measurements, run_id, model, out)
+        return
+    if profile_file is None:
+        fail("give a measured PROFILE_FILE or --from-measurements PLAN_ID")
+        return
 
     prof = load_profile(profile_file)
     if prof.kind != "measured" or not prof.device:
@@ -58,3 +75,28 @@ def calibrate(
     _write_json(out or Path("-"), result.to_json())
     if out:
         err_console.print(f"wrote {out} ({result.label}, calibration[{kind}])")
+
+
+def _from_measurements(plan_id: str, run_id: str | None, model: str | None, out: Path | None) -> None:
+    """``ppplan calibrate --from-measurements PLAN_ID``: fit the plan's GPU kind from stored stage times."""
+    from executor.calibration import calibrate_from_measurements
+    from profiler.analytic import analytic_profile, model_spec
+    from profiler.calibrate import apply_calibration
+
+    prof, eff, summary = calibrate_from_measurements(plan_id, run_id=run_id, save=True)
+    gpu = str(summary["gpu"])
+    if model is not None:
+        prof = apply_calibration(analytic_profile(model_spec(model), prof.weight_dtype, prof.kv_dtype), gpu, eff)
+    fe = eff.fit_error
+    t = Table(title=f"calibration of {gpu} from plan {plan_id} ({summary['rows']} stored rows, {eff.points} points)")
+    for c in ("η compute", "η memory", "overhead µs", "median err prefill", "median err decode"):
+        t.add_column(c, justify="right")
+    t.add_row(f"{eff.compute:.4f}", f"{eff.memory:.4f}", f"{eff.overhead_s * 1e6:.1f}",
+              f"{fe['prefill']:.1%}" if "prefill" in fe else "-", f"{fe['decode']:.1%}" if "decode" in fe else "-")
+    err_console.print(t)
+    if summary.get("profile_id"):
+        err_console.print(f"stored calibrated profile {summary['profile_id']}: replan with "
+                          f"`ppplan plan ... --profile {summary['profile_id']}`")
+    if out is not None:
+        _write_json(out, prof.to_json())
+        err_console.print(f"wrote {out} ({prof.label}, calibration[{gpu}])")

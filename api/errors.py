@@ -35,7 +35,13 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from profiler.gpus import UnknownGPUError
     from profiler.profile import ProfileError
 
-    return (ValidationError, PlanningError, ModelConfigError, UnknownGPUError, ProfileError, ValueError)
+    errors: tuple[type[BaseException], ...] = (ValidationError, PlanningError, ModelConfigError, UnknownGPUError,
+                                               ProfileError, ValueError)
+    try:
+        from api.store.repo import Conflict  # the store's contradicting-write error (HTTP 409)
+    except ImportError:
+        return errors
+    return (*errors, Conflict)
 
 
 USER_ERRORS = _user_errors()

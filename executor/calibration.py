@@ -205,6 +205,9 @@ def calibrate_from_measurements(plan_id: str, *, run_id: str | None = None,
         from api.store_lookup import database_url
 
         with session_scope(database_url()) as session:
-            row, _ = repo.save_profile(session, prof)
-            summary["profile_id"] = row.id
+            try:
+                row, _ = repo.save_profile(session, prof)
+                summary["profile_id"] = row.id
+            except repo.Conflict:  # the same costs were stored before (an earlier calibration of this run)
+                summary["profile_id"] = prof.profile_id
     return prof, eff, summary

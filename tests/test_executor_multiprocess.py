@@ -95,6 +95,13 @@ def test_run_stored_plan_stores_measurements_and_calibrates(tmp_path: Path) -> N
     assert {(r["stage"], r["phase"]) for r in rows} == {(0, "prefill"), (0, "decode"), (1, "prefill"), (1, "decode")}
     assert "stored profile" in res.stdout and "replan with" in res.stdout
     assert "predicted vs measured" in res.stdout
+    # the same loop from the calibrate command: fit from the stored rows, store and name the profile
+    cal = tmp_path / "cal.json"
+    res = _ppplan("calibrate", "--from-measurements", plan_id, "--out", str(cal))
+    assert res.returncode == 0, res.stderr
+    assert "stored calibrated profile" in res.stderr and json.loads(cal.read_text())["calibration"]["CPU"]
+    bad = _ppplan("calibrate", "--from-measurements", "no-such-plan")
+    assert bad.returncode == 2 and "no-such-plan" in bad.stderr
 
 
 def test_a_dying_rank_fails_the_run_quickly_and_stores_nothing() -> None:
