@@ -4,6 +4,8 @@ CLI. No HTTP here: errors are the planner's exceptions (user errors) and the sto
 from __future__ import annotations
 
 import contextlib
+import threading
+from collections import OrderedDict
 from pathlib import Path
 
 from sqlalchemy.orm import Session
@@ -12,7 +14,7 @@ from api.store import repo
 from api.store.models import PlanRow
 from partitioner.plan import Plan
 from partitioner.request import PlanRequest
-from profiler.profile import ProfileError, load_profile
+from profiler.profile import Profile, ProfileError, load_profile
 
 __all__ = ["check_http_request", "plan_and_store", "store_cli_plan"]
 
@@ -36,6 +38,26 @@ def check_http_request(req: PlanRequest, *, max_gpus: int, allow_model_paths: bo
         raise PlanningError("gpus", f"{req.gpu_count} GPUs exceed this service's limit of {max_gpus} per request")
 
 
+_PROFILES: OrderedDict[str, Profile] = OrderedDict()
+_PROFILES_LOCK = threading.Lock()
+_PROFILES_KEPT = 64
+
+
+def _stored_profile(session: Session, profile_id: str) -> Profile | None:
+    # a profile id is its content hash, so a parsed profile never goes stale: keep the recent ones
+    with _PROFILES_LOCK:
+        if profile_id in _PROFILES:
+            _PROFILES.move_to_end(profile_id)
+            return _PROFILES[profile_id]
+    prof = repo.get_profile(session, profile_id)
+    if prof is not None:
+        with _PROFILES_LOCK:
+            _PROFILES[profile_id] = prof
+            while len(_PROFILES) > _PROFILES_KEPT:
+                _PROFILES.popitem(last=False)
+    return prof
+
+
 def plan_and_store(session: Session, req: PlanRequest) -> tuple[PlanRow, bool]:
     """Plan ``req`` (``profile`` a stored profile id or None) and store it; returns (row, created).
 
@@ -47,16 +69,16 @@ def plan_and_store(session: Session, req: PlanRequest) -> tuple[PlanRow, bool]:
     """
     from partitioner.search import plan_model
 
+    h = repo.request_hash(req, req.profile)
+    hit = repo.get_plan_by_hash(session, h)
+    if hit is not None:  # the hash covers the profile id, so the profile exists
+        return hit, False
     profile = None
     if req.profile is not None:
-        profile = repo.get_profile(session, req.profile)
+        profile = _stored_profile(session, req.profile)
         if profile is None:
             raise ProfileError(f"profile: {req.profile!r} is not a stored profile id; POST the profile to "
                                "/v1/profiles first and pass its id (files are not read over HTTP)")
-    h = repo.request_hash(req, req.profile)
-    hit = repo.get_plan_by_hash(session, h)
-    if hit is not None:
-        return hit, False
     session.rollback()  # end the read snapshot before the long solve
     plan = plan_model(req, profile)
     return repo.save_plan(session, req, plan, h, req.profile)
