@@ -172,3 +172,14 @@ def test_profile_round_trips_through_json_column(session: Session) -> None:
     session.expunge_all()
     back = repo.get_profile(session, prof.profile_id)
     assert isinstance(back, Profile) and back.profile_id == prof.profile_id
+
+
+def test_default_store_is_a_sqlite_file_in_the_user_data_dir(monkeypatch: pytest.MonkeyPatch) -> None:
+    from platformdirs import user_data_dir
+
+    from api.settings import Settings
+
+    monkeypatch.delenv("PPPLAN_DATABASE_URL", raising=False)
+    assert Settings().database_url == f"sqlite:///{user_data_dir('ppplan')}/ppplan.db"
+    monkeypatch.setenv("PPPLAN_DATABASE_URL", "postgresql+psycopg://u@h/db")
+    assert Settings().database_url == "postgresql+psycopg://u@h/db"
