@@ -109,6 +109,9 @@ def install_handlers(app: FastAPI) -> None:
         return _json(409, error_items(exc))
 
     for cls in USER_ERRORS:
+        if issubclass(cls, Conflict):  # a user error for the CLI, but 409 here (handled above)
+            continue
+
         async def _user(_req: Request, exc: Exception) -> JSONResponse:
             return _json(422, error_items(exc))
 
