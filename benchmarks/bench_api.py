@@ -15,11 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import signal
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -29,42 +25,19 @@ from typing import Any
 
 import httpx
 
-HOST = "127.0.0.1"  # loopback only, never another address
+from api.liveserver import HOST, live_server
+
 MODEL = "llama-3.1-8b"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
 
 
 @contextmanager
 def serve(url: str) -> Iterator[str]:
     """A uvicorn subprocess on ``url``'s store; yields its base URL."""
-    port = _free_port()
-    env = {**os.environ, "PPPLAN_DATABASE_URL": url}
-    proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "api.app:create_app", "--factory", "--host", HOST,
-                             "--port", str(port), "--log-level", "warning"], env=env)
-    base = f"http://{HOST}:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit("server did not start")
-            time.sleep(0.1)
-        yield base
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        with live_server(url) as base:
+            yield base
+    except RuntimeError as exc:
+        raise SystemExit(str(exc)) from None
 
 
 @contextmanager

@@ -20,8 +20,8 @@ import time
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-from partitioner.request import PlanRequest  # noqa: E402
-from partitioner.search import InfeasibleError, plan_model  # noqa: E402
+from partitioner.request import PlanRequest
+from partitioner.search import InfeasibleError, plan_model
 
 MODELS = ["llama-3.1-8b", "llama-3.1-70b", "llama-3.1-405b", "qwen2.5-72b", "mixtral-8x7b", "deepseek-v3",
           "kimi-k2", "gpt-oss-120b", "gemma-3-27b"]

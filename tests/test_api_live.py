@@ -8,7 +8,6 @@ import json
 import os
 import random
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -22,54 +21,25 @@ from typing import Any
 import httpx
 import pytest
 
+from api.liveserver import live_server as start_live_server
 from partitioner.plan import Plan
 from partitioner.request import PlanRequest
 from partitioner.search import plan_model
 
 pytestmark = pytest.mark.slow
-HOST = "127.0.0.1"  # loopback only
 CLI = [sys.executable, "-c", "from api.cli import main; main()"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture
 def live_server(db_url: str, tmp_path: Path) -> Iterator[str]:
     """``uvicorn api.app:create_app`` in a subprocess on 127.0.0.1, on ``db_url``."""
-    port = _free_port()
-    env = {**os.environ, "PPPLAN_DATABASE_URL": db_url}
-    log = (tmp_path / "server.log").open("w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "api.app:create_app", "--factory", "--host", HOST, "--port", str(port),
-         "--log-level", "warning", "--backlog", "1024"],
-        env=env, stdout=log, stderr=subprocess.STDOUT,
-    )
-    base = f"http://{HOST}:{port}"
-    deadline = time.monotonic() + 60
-    while True:
+    log_path = tmp_path / "server.log"
+    with log_path.open("w") as log:
         try:
-            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"server did not start: {(tmp_path / 'server.log').read_text()[-2000:]}")
-        time.sleep(0.1)
-    try:
-        yield base
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+            with start_live_server(db_url, log=log, extra_args=["--backlog", "1024"]) as base:
+                yield base
+        except RuntimeError as exc:
+            pytest.fail(f"{exc}: {log_path.read_text()[-2000:]}")
 
 
 def _requests() -> list[dict[str, Any]]:
