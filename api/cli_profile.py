@@ -65,11 +65,13 @@ def calibrate(
         target = analytic_profile(model_spec(model), prof.weight_dtype, prof.kv_dtype)
     result = apply_calibration(target, kind, eff)
     t = Table(title=f"calibration of {kind} from {prof.label} ({eff.points} points)")
-    for c in ("η compute", "η memory", "overhead µs", "median err prefill", "median err decode", "median err all"):
+    for c in ("η compute", "η memory", "overhead µs", "ω overlap", "median err prefill", "median err decode",
+              "median err all"):
         t.add_column(c, justify="right")
     fe = eff.fit_error
     pct = lambda k: f"{fe[k]:.1%}" if k in fe else "-"  # noqa: E731
-    t.add_row(f"{eff.compute:.4f}", f"{eff.memory:.4f}", f"{eff.overhead_s * 1e6:.1f}", pct("prefill"),
+    t.add_row(f"{eff.compute:.4f}", f"{eff.memory:.4f}", f"{eff.overhead_s * 1e6:.1f}", f"{eff.overlap:.2f}",
+              pct("prefill"),
               pct("decode"), pct("all"))
     (err_console if out is None else console).print(t)
     _write_json(out or Path("-"), result.to_json())
@@ -89,9 +91,9 @@ def _from_measurements(plan_id: str, run_id: str | None, model: str | None, out:
         prof = apply_calibration(analytic_profile(model_spec(model), prof.weight_dtype, prof.kv_dtype), gpu, eff)
     fe = eff.fit_error
     t = Table(title=f"calibration of {gpu} from plan {plan_id} ({summary['rows']} stored rows, {eff.points} points)")
-    for c in ("η compute", "η memory", "overhead µs", "median err prefill", "median err decode"):
+    for c in ("η compute", "η memory", "overhead µs", "ω overlap", "median err prefill", "median err decode"):
         t.add_column(c, justify="right")
-    t.add_row(f"{eff.compute:.4f}", f"{eff.memory:.4f}", f"{eff.overhead_s * 1e6:.1f}",
+    t.add_row(f"{eff.compute:.4f}", f"{eff.memory:.4f}", f"{eff.overhead_s * 1e6:.1f}", f"{eff.overlap:.2f}",
               f"{fe['prefill']:.1%}" if "prefill" in fe else "-", f"{fe['decode']:.1%}" if "decode" in fe else "-")
     err_console.print(t)
     if summary.get("profile_id"):

@@ -58,7 +58,7 @@ def main() -> None:
         a, b = profs["small-a"], profs["small-b"]
         eff = fit_efficiency(a, "CPU", points_from_profile(a), source=a.label)
         print(f"fit on small-a: η_compute {eff.compute:.4f}, η_memory {eff.memory:.4f}, overhead "
-              f"{eff.overhead_s * 1e6:.1f} µs; fit error (median) "
+              f"{eff.overhead_s * 1e6:.1f} µs, overlap ω {eff.overlap:.2f}; fit error (median) "
               + ", ".join(f"{k} {v:.1%}" for k, v in eff.fit_error.items()))
         default = analytic_profile(model_spec(cfgs["small-b"]), "bf16", "bf16")
         cal = apply_calibration(default, "CPU", eff)

@@ -2,7 +2,11 @@
 
 Roofline per unit (DESIGN.md), with the details that decide stage balance:
 
-    T = max(F / (t · peak_flops · η_f), B / (hbm_bw · η_b)) + tp_allreduces · AR(t) + overhead
+    T = max(C, M) + ω · min(C, M) + tp_allreduces · AR(t) + overhead,
+    C = F / (t · peak_flops · η_f),  M = B / (hbm_bw · η_b)
+
+(ω, the calibrated share of the smaller term that does not overlap the larger, is 0 for the ideal
+roofline and by default; CPUs and small kernels fit values near 0.5.)
 
 * F (FLOPs): 2 · active matmul params · tokens + attention pairs · FLOPs per pair. Decode pairs
   are ``tokens · min(context, window)``; prefill pairs are causal, ``Σ_i min(i, window)``. The LM head
@@ -157,7 +161,10 @@ class CostModel:
         compute = flops / (tp * self.peak * eff.compute)
         memory = nbytes / (self.gpu.hbm_bw * eff.memory)
         comm = self.n_ar * self.allreduce_time(tp, self.ar_bpt * comm_tokens)
-        return np.maximum(compute, memory) + comm + eff.overhead_s
+        roof = np.maximum(compute, memory)
+        if eff.overlap:
+            roof = roof + eff.overlap * np.minimum(compute, memory)
+        return roof + comm + eff.overhead_s
 
     def unit_times(self, tp: int, phase: Literal["prefill", "decode"], tokens: int, context: int) -> np.ndarray:
         """Seconds per unit for one forward.

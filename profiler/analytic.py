@@ -24,7 +24,7 @@ from profiler.spec import ModelSpec
 __all__ = ["COST_MODEL_VERSION", "analytic_profile", "model_identity", "model_spec", "spec_cache_key"]
 
 #: version of the formulas here and in partitioner.costmodel; bump when a predicted number changes
-COST_MODEL_VERSION = "roofline-1"
+COST_MODEL_VERSION = "roofline-2"
 #: version of the ModelSpec extraction in profiler.models; bump when a unit field changes
 SPEC_VERSION = 1
 

@@ -1,9 +1,9 @@
 """Calibration: fit the analytic model's efficiency factors for one GPU kind from measured times.
 
-The analytic time of a unit at TP 1 is ``max(C / η_f, M / η_b) + overhead`` where ``C`` is its
+The analytic time of a unit at TP 1 is ``max(C/η_f, M/η_b) + ω·min(C/η_f, M/η_b) + overhead`` where ``C`` is its
 compute time at the catalog's peak FLOP/s and ``M`` its memory time at the catalog's bandwidth
 (both from :class:`partitioner.costmodel.CostModel`, so the fit and the planner share one formula).
-:func:`fit_efficiency` finds the ``η_f``, ``η_b`` and per-unit ``overhead`` that minimise the mean
+:func:`fit_efficiency` finds the ``η_f``, ``η_b``, per-unit ``overhead`` and overlap ``ω`` that minimise the mean
 squared log error over the points (a relative error, so a 50 µs embedding weighs as much as a 50 ms
 layer), by a coarse-to-fine grid search: no solver dependency, deterministic, and it always returns
 a value inside the bounds of :class:`profiler.profile.Efficiency`.
@@ -36,10 +36,12 @@ __all__ = [
 #: bounds of the fitted factors (Efficiency's own validation allows (0, 100]); above 1 only where the
 #: catalog's peaks are nominal (the CPU pseudo-device), never on a datasheet GPU in practice
 ETA_MIN, ETA_MAX = 1e-4, 100.0
-#: grid sizes of the coarse search and of each refinement
-COARSE_STEPS = 48
-REFINE_STEPS = 24
+#: grid sizes of the coarse search and of each refinement (per factor; overlap has its own)
+COARSE_STEPS = 40
+REFINE_STEPS = 20
 REFINE_ROUNDS = 3
+OVERLAP_STEPS = 11
+REFINE_OVERLAP_STEPS = 5
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -101,35 +103,49 @@ def _validate(profile: Profile, points: Sequence[CalibrationPoint]) -> None:
             raise ProfileError(f"calibration: point of unit {p.unit} has tokens {p.tokens}; must be > 0")
 
 
-def _search(comp: np.ndarray, mem: np.ndarray, meas: np.ndarray) -> tuple[float, float, float, float]:
-    """Coarse-to-fine search of (η_f, η_b, overhead) minimising the mean squared log error."""
+def _search(comp: np.ndarray, mem: np.ndarray, meas: np.ndarray) -> tuple[float, float, float, float, float]:
+    """Coarse-to-fine search of (η_f, η_b, overhead, overlap) minimising the mean squared log error.
+
+    Returns (η_f, η_b, overhead seconds, overlap, error). Identical points (identical units measured
+    once and repeated) are merged with their multiplicity as weight, so a homogeneous 80-layer
+    profile costs no more to fit than its distinct units.
+    """
+    rows, weight = np.unique(np.stack([comp, mem, meas], axis=1), axis=0, return_counts=True)
+    comp, mem, meas = rows[:, 0], rows[:, 1], rows[:, 2]
+    w = weight / weight.sum()
     log_meas = np.log(meas)
     lo_f = lo_b = math.log(ETA_MIN)
     hi_f = hi_b = math.log(ETA_MAX)
     o_hi = float(np.min(meas))  # the overhead cannot exceed the fastest measured forward
     lo_o, hi_o = 0.0, o_hi
-    best = (1.0, 1.0, 0.0, math.inf)
-    steps = COARSE_STEPS
+    lo_w, hi_w = 0.0, 1.0
+    best = (1.0, 1.0, 0.0, 0.0, math.inf)
+    steps, w_steps = COARSE_STEPS, OVERLAP_STEPS
     for _ in range(REFINE_ROUNDS + 1):
         ef = np.exp(np.linspace(lo_f, hi_f, steps))
         eb = np.exp(np.linspace(lo_b, hi_b, steps))
         ov = np.linspace(lo_o, hi_o, steps)
-        # shape (f, b, o, points)
-        roof = np.maximum(comp[None, None, :] / ef[:, None, None], mem[None, None, :] / eb[None, :, None])
-        pred = roof[:, :, None, :] + ov[None, None, :, None]
-        err = np.mean((np.log(np.maximum(pred, 1e-15)) - log_meas) ** 2, axis=-1)
-        i, j, k = np.unravel_index(int(np.argmin(err)), err.shape)
-        if err[i, j, k] < best[3]:
-            best = (float(ef[i]), float(eb[j]), float(ov[k]), float(err[i, j, k]))
+        c = comp[None, None, :] / ef[:, None, None]
+        m = mem[None, None, :] / eb[None, :, None]
+        hi_cm, lo_cm = np.maximum(c, m), np.minimum(c, m)
+        for om in np.linspace(lo_w, hi_w, w_steps):
+            # shape (f, b, o, points)
+            pred = (hi_cm + om * lo_cm)[:, :, None, :] + ov[None, None, :, None]
+            err = ((np.log(np.maximum(pred, 1e-15)) - log_meas) ** 2) @ w
+            i, j, k = np.unravel_index(int(np.argmin(err)), err.shape)
+            if err[i, j, k] < best[4]:
+                best = (float(ef[i]), float(eb[j]), float(ov[k]), float(om), float(err[i, j, k]))
         # zoom around the best cell
         span_f = (hi_f - lo_f) / (steps - 1) * 2
         span_b = (hi_b - lo_b) / (steps - 1) * 2
         span_o = (hi_o - lo_o) / (steps - 1) * 2
+        span_w = (hi_w - lo_w) / max(w_steps - 1, 1) * 2
         lf, lb = math.log(best[0]), math.log(best[1])
         lo_f, hi_f = max(math.log(ETA_MIN), lf - span_f), min(math.log(ETA_MAX), lf + span_f)
         lo_b, hi_b = max(math.log(ETA_MIN), lb - span_b), min(math.log(ETA_MAX), lb + span_b)
         lo_o, hi_o = max(0.0, best[2] - span_o), min(o_hi, best[2] + span_o)
-        steps = REFINE_STEPS
+        lo_w, hi_w = max(0.0, best[3] - span_w), min(1.0, best[3] + span_w)
+        steps, w_steps = REFINE_STEPS, REFINE_OVERLAP_STEPS
     return best
 
 
@@ -161,15 +177,17 @@ def fit_efficiency(profile: Profile, gpu: str | GPUSpec, points: Iterable[Calibr
     _validate(profile, pts)
     comp, mem = _components(profile, spec, pts)
     meas = np.array([p.seconds for p in pts])
-    eta_f, eta_b, overhead, _ = _search(comp, mem, meas)
-    pred = np.maximum(comp / eta_f, mem / eta_b) + overhead
+    eta_f, eta_b, overhead, overlap, _ = _search(comp, mem, meas)
+    c, m = comp / eta_f, mem / eta_b
+    pred = np.maximum(c, m) + overlap * np.minimum(c, m) + overhead
     err = relative_errors(pred, meas)
     fit_error = {"all": float(np.median(err))}
     for phase in ("prefill", "decode"):
         sel = np.array([p.phase == phase for p in pts])
         if sel.any():
             fit_error[phase] = float(np.median(err[sel]))
-    return Efficiency(compute=eta_f, memory=eta_b, overhead_s=overhead, fit_error=fit_error, points=len(pts),
+    return Efficiency(compute=eta_f, memory=eta_b, overhead_s=overhead, overlap=overlap, fit_error=fit_error,
+                      points=len(pts),
                       source=source or f"fit to {len(pts)} points")
 
 

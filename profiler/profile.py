@@ -114,6 +114,8 @@ class Efficiency(BaseModel):
                            "catalog's peak is nominal, as for the CPU pseudo-device)")
     memory: float = Field(gt=0, le=100, description="achieved / catalog HBM bandwidth (> 1: nominal catalog figure)")
     overhead_s: float = Field(ge=0, description="fixed time per unit per forward, seconds")
+    overlap: float = Field(0.0, ge=0, le=1, description="share of the smaller of compute and memory time that "
+                           "does not hide under the larger (0 = ideal roofline, 1 = no overlap)")
     fit_error: dict[str, float] = Field(default_factory=dict, description="median relative error per phase")
     points: int = 0
     source: str = ""
