@@ -9,10 +9,10 @@ per-forward overhead dominates (CPU ranks) the fit then learns that overhead and
 gives the embedding its share. The fit learns from how stages of different unit mixes (embedding,
 decoder layers, head) and the two phases deviate from the prediction.
 
-Phases: a prefill row's step is ``micro_batch_size`` prompts of ``tokens / micro_batch_size``
-tokens (one point per prompt: time / micro_batch_size); a decode row's step is one token for each
-of ``micro_batch_size`` sequences with the cache holding the prompt plus, on average, half the
-plan's output tokens.
+Phases: a prefill row's step is one forward of ``micro_batch_size`` prompts of
+``tokens / micro_batch_size`` tokens (a batched point: b prompts' compute and memory time, one fixed
+overhead); a decode row's step is one token for each of ``micro_batch_size`` sequences with the
+cache holding the prompt plus, on average, half the plan's output tokens.
 """
 
 from __future__ import annotations
@@ -79,16 +79,25 @@ def points_from_rows(plan: Mapping[str, Any], rows: Iterable[Mapping[str, Any]],
     units = _stage_units(plan)
     pts = []
     for r in rows:
-        tokens, context, seconds = _row_shape(plan, rows, r, shapes)
+        tokens, context, seconds, batch = _row_shape(plan, rows, r, shapes)
         if seconds <= 0:
             continue
-        t = cm.unit_times(1, r["phase"], tokens, context)
+        t = _batched(cm, r["phase"], tokens, context, batch)
         us = units[int(r["stage"])]
         total = float(sum(t[u] for u in us))
         for u in us:
             pts.append(CalibrationPoint(unit=u, phase=r["phase"], tokens=tokens, context=context,
-                                        seconds=seconds * float(t[u]) / total))
+                                        seconds=seconds * float(t[u]) / total, batch=batch))
     return pts
+
+
+def _batched(cm: Any, phase: str, tokens: int, context: int, batch: int) -> Any:
+    """Unit seconds of one forward of ``batch`` identical prefills (one overhead), or one decode step."""
+    t = cm.unit_times(1, phase, tokens, context)
+    if phase != "prefill" or batch == 1:
+        return t
+    over = cm.efficiency.overhead_s
+    return (t - over) * batch + over
 
 
 def predict_stage_seconds(plan: Mapping[str, Any], profile: Any, *, phase: str, tokens: int, context: int,
@@ -101,19 +110,19 @@ def predict_stage_seconds(plan: Mapping[str, Any], profile: Any, *, phase: str, 
     from profiler.gpus import get_gpu
 
     cm = CostModel(profile, get_gpu(plan["cluster"]["gpu"]))
-    t = cm.unit_times(1, phase, tokens, context)  # type: ignore[arg-type]
-    scale = batch if phase == "prefill" else 1
-    return [float(sum(t[u] for u in us)) * scale for us in _stage_units(plan)]
+    t = _batched(cm, phase, tokens, context, batch if phase == "prefill" else 1)
+    return [float(sum(t[u] for u in us)) for us in _stage_units(plan)]
 
 
 def _row_shape(plan: Mapping[str, Any], rows: list[Mapping[str, Any]], r: Mapping[str, Any],
-               shapes: dict[str | None, tuple[int, int]]) -> tuple[int, int, float]:
-    """(tokens, context, seconds) of one row in the cost model's units (prefill: per prompt)."""
+               shapes: dict[str | None, tuple[int, int]]) -> tuple[int, int, float, int]:
+    """(tokens, context, seconds, batch) of one row in the cost model's units (prefill: prompt
+    tokens per sequence, with the batch of prompts the step held)."""
     b = int(r["micro_batch_size"])
     P, ctx = shapes.get(r.get("run_id"), (int(plan["workload"]["prompt_tokens"]),) * 2)
     if r["phase"] == "prefill":
-        return P, P, float(r["compute_s"]) / b
-    return b, ctx, float(r["compute_s"])
+        return P, P, float(r["compute_s"]), b
+    return b, ctx, float(r["compute_s"]), 1
 
 
 def stage_log_error(plan: Mapping[str, Any], rows: Iterable[Mapping[str, Any]], profile: Any) -> float:
@@ -124,8 +133,9 @@ def stage_log_error(plan: Mapping[str, Any], rows: Iterable[Mapping[str, Any]], 
     shapes = _run_shapes(rows, plan)
     total = 0.0
     for r in rows:
-        tokens, context, seconds = _row_shape(plan, rows, r, shapes)
-        pred = predict_stage_seconds(plan, profile, phase=r["phase"], tokens=tokens, context=context)[int(r["stage"])]
+        tokens, context, seconds, batch = _row_shape(plan, rows, r, shapes)
+        pred = predict_stage_seconds(plan, profile, phase=r["phase"], tokens=tokens, context=context,
+                                     batch=batch)[int(r["stage"])]
         total += (math.log(pred) - math.log(seconds)) ** 2
     return total / max(1, len(rows))
 
@@ -152,6 +162,7 @@ def fit_stage_measurements(plan: Mapping[str, Any], rows: Iterable[Mapping[str, 
     units = _stage_units(plan)
     shapes = _run_shapes(rows, plan)
     per_unit = min(_row_shape(plan, rows, r, shapes)[2] / len(units[int(r["stage"])]) for r in rows)
+    # (a prefill row's time covers its whole batch: per unit it bounds the overhead from above too)
     best: tuple[float, Any, Any, int] | None = None
     for frac in START_OVERHEADS:
         start = Efficiency(compute=0.6, memory=0.8, overhead_s=per_unit * frac, source="start")

@@ -57,6 +57,9 @@ class CalibrationPoint:
     """decode: cached tokens per sequence; prefill: equal to ``tokens``"""
     seconds: float
     """measured time of the forward, seconds (> 0)"""
+    batch: int = 1
+    """identical sequences in the one forward (a batched prefill): compute and memory time scale by
+    ``batch``, the fixed overhead is paid once"""
 
 
 def points_from_profile(profile: Profile) -> list[CalibrationPoint]:
@@ -85,7 +88,7 @@ def _components(profile: Profile, gpu: GPUSpec, points: Sequence[CalibrationPoin
             m = cm._analytic(1, p.phase, p.tokens, p.context)
             cache[key] = (c, m)
         c, m = cache[key]
-        comp[k], mem[k] = float(c[p.unit]), float(m[p.unit])
+        comp[k], mem[k] = float(c[p.unit]) * p.batch, float(m[p.unit]) * p.batch
     return comp, mem
 
 
@@ -99,8 +102,9 @@ def _validate(profile: Profile, points: Sequence[CalibrationPoint]) -> None:
             raise ProfileError(f"calibration: point unit {p.unit} is outside 0..{n - 1} of {profile.model.name}")
         if not (p.seconds > 0 and math.isfinite(p.seconds)):
             raise ProfileError(f"calibration: point of unit {p.unit} has seconds {p.seconds!r}; must be > 0")
-        if p.tokens <= 0:
-            raise ProfileError(f"calibration: point of unit {p.unit} has tokens {p.tokens}; must be > 0")
+        if p.tokens <= 0 or p.batch <= 0:
+            raise ProfileError(f"calibration: point of unit {p.unit} has tokens {p.tokens} and batch {p.batch}; "
+                               "both must be > 0")
 
 
 def _search(comp: np.ndarray, mem: np.ndarray, meas: np.ndarray) -> tuple[float, float, float, float, float]:

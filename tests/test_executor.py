@@ -171,8 +171,9 @@ def test_calibration_from_stage_times_recovers_the_cut(tmp_path: Path, true: Eff
     assert want != plan["partition"]
     b = plan["degrees"]["micro_batch_size"]
     dec = predict_stage_seconds(plan, truth, phase="decode", tokens=b, context=32 + 8)
-    pre = predict_stage_seconds(plan, truth, phase="prefill", tokens=32, context=32)
-    rows = store_rows(_fake_report(plan, dec, pre, b, 32), "synthetic")
+    # one batched prefill forward of b prompts per stage (the report stores per-prompt times × b)
+    pre = predict_stage_seconds(plan, truth, phase="prefill", tokens=32, context=32, batch=b)
+    rows = store_rows(_fake_report(plan, dec, [x / b for x in pre], b, 32), "synthetic")
     cal, eff, _ = fit_stage_measurements(plan, rows, base, source="test")
     assert plan_model(req, cal).partition == want
     assert eff.fit_error["all"] < 0.1
