@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import functools
 import json
+import math
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -57,14 +59,22 @@ def user_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def _write_json(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically (no partial file on failure); '-' is stdout."""
+def _write_json(path: Path, text: str, field: str = "out") -> None:
+    """Write ``text`` to ``path`` atomically (no partial file on failure); '-' is stdout.
+
+    Raises:
+        ValueError: the file cannot be written, naming the option (``field``) and the path.
+    """
     if str(path) == "-":
         sys.stdout.write(text + "\n")
         return
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text + "\n")
-    tmp.replace(path)
+    try:
+        tmp.write_text(text + "\n")
+        tmp.replace(path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise ValueError(f"{field}: cannot write {str(path)!r} ({exc.strerror})") from None
 
 
 @app.command()
@@ -136,6 +146,12 @@ def profile(
         fail("--analytic and --device exclude each other: an analytic profile measures nothing")
     if not analytic and not device:
         fail("choose --analytic, or --device cpu|cuda to measure")
+    if analytic and (gpu or grid or budget_seconds is not None or cpu_threads is not None):
+        fail("--gpu, --grid, --budget-seconds and --cpu-threads apply to a measured profile (--device), "
+             "not to --analytic")
+    if cpu_threads is not None and not 1 <= cpu_threads <= max(1, 4 * (os.cpu_count() or 1)):
+        fail(f"cpu_threads: {cpu_threads} is outside 1..{max(1, 4 * (os.cpu_count() or 1))} "
+             f"(this host has {os.cpu_count()} CPUs)")
     if analytic:
         from profiler.analytic import analytic_profile, model_spec
 
@@ -208,7 +224,7 @@ def plan(
     data = result.model_dump(mode="json")
     plan_id = _save_plan(req, result) if save else None
     if json_out is not None:
-        _write_json(json_out, json.dumps(data, indent=1))
+        _write_json(json_out, json.dumps(data, indent=1), field="json")
         if str(json_out) == "-":
             return
     if export:
@@ -312,6 +328,10 @@ def partition(
 
     if solver not in ("dp", "cpsat"):
         fail(f"solver: {solver!r} is not one of dp, cpsat")
+    if not (math.isfinite(time_limit) and time_limit > 0):
+        fail(f"time_limit: must be a finite number of seconds > 0, got {time_limit!r}")
+    if not costs.is_file():
+        fail(f"costs: {str(costs)!r} is not a readable file")
     try:
         data = json.loads(costs.read_text())
     except json.JSONDecodeError as exc:
@@ -349,7 +369,16 @@ def partition(
                "optimal": ok, "status": res.status, "solver": "dp", "stage_times": list(res.stage_times),
                "stage_memory": list(res.stage_memory)}
         if not ok:
-            out["reason"] = res.reason
+            # your numbers carry your units: say them as given, not as GiB
+            if res.worst_stage is not None:
+                a, b = int(res.detail["first_unit"]), int(res.detail["last_unit"])
+                out["reason"] = (f"stage {res.worst_stage} (units {a}-{b}) needs {res.needed_bytes:g}, limit "
+                                 f"{res.limit_bytes:g}, in the cut into {stages} stages that overshoots least")
+            elif "unit" in res.detail:
+                out["reason"] = (f"unit {int(res.detail['unit'])} alone needs {res.needed_bytes:g}, "
+                                 f"limit {res.limit_bytes:g}")
+            else:
+                out["reason"] = res.reason
     if as_json:
         print(json.dumps(out))
         if not ok:
@@ -374,9 +403,30 @@ def _register_optional() -> None:
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point: usage errors print one line (exit 2), like every other user error."""
+    try:  # typer >= 0.20 vendors click; earlier releases use click itself
+        from typer._click.exceptions import ClickException, UsageError
+    except ImportError:  # pragma: no cover - depends on the installed typer
+        from click.exceptions import ClickException, UsageError  # type: ignore[assignment]
+
     _register_optional()
-    app()
+    try:
+        rv = app(standalone_mode=False)
+    except UsageError as exc:
+        hint = ""
+        param = getattr(exc, "param", None)
+        if param is not None and getattr(param, "name", None):
+            hint = f"{param.name}: "
+        message = exc.format_message()
+        if message.strip():  # no arguments at all: the help was the answer
+            err_console.print(f"[bold red]error:[/] {hint}{message}", highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
+    except ClickException as exc:
+        err_console.print(f"[bold red]error:[/] {exc.format_message()}", highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        sys.exit(130)
+    sys.exit(rv if isinstance(rv, int) else 0)
 
 
 if __name__ == "__main__":

@@ -48,12 +48,14 @@ def calibrate(
     if profile_file is None:
         fail("give a measured PROFILE_FILE or --from-measurements PLAN_ID")
         return
+    if run_id is not None:
+        fail("run_id: applies to --from-measurements only")
 
     prof = load_profile(profile_file)
     if prof.kind != "measured" or not prof.device:
         raise ProfileError(f"profile: {str(profile_file)!r} is {prof.kind} ({prof.label}); calibrate needs a "
                            "measured profile (`ppplan profile MODEL --device cpu|cuda --out FILE`)")
-    kind = get_gpu(gpu).name if gpu else prof.device
+    kind = get_gpu(gpu, field="gpu").name if gpu else prof.device
     if kind != prof.device:
         raise ProfileError(f"gpu: {kind!r} differs from the device {prof.device!r} the profile was measured on; "
                            "a fit is only valid for the GPU kind that produced the times")

@@ -44,7 +44,7 @@ def plans_list(
 
     if objective is not None and objective not in ("throughput", "latency", "min-gpus"):
         fail(f"objective: {objective!r} is not one of throughput, latency, min-gpus")
-    flt = repo.PlanFilter(model=model, gpu=get_gpu(gpu).name if gpu else None, objective=objective,
+    flt = repo.PlanFilter(model=model, gpu=get_gpu(gpu, field="gpu").name if gpu else None, objective=objective,
                           created_after=since.replace(tzinfo=since.tzinfo or dt.UTC) if since else None)
     with session_scope(_url()) as s:
         rows, total = repo.list_plans(s, flt, limit=limit, offset=offset)

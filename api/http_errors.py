@@ -62,6 +62,9 @@ def validation_items(errors: list[Any]) -> list[ErrorItem]:
             loc = []
         msg = format_validation_error(_One(err))  # type: ignore[arg-type]
         value = err.get("input")
+        if not loc:  # a model-level rule: its message starts with the field it names ("nodes: ...")
+            m = _FIELD.match(msg)
+            loc = [m.group(1)] if m else []
         items.append(ErrorItem(field=".".join(loc) or "request", message=msg,
                                value=None if isinstance(value, dict | list) else _safe(value)))
     return items

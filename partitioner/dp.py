@@ -72,6 +72,8 @@ class PartitionProblem:
             for i, v in enumerate(vec):
                 if not math.isfinite(v) or v < 0:
                     raise ValueError(f"{name}[{i}]: must be a finite number ≥ 0, got {v!r}")
+            if not math.isfinite(sum(vec)) or sum(vec) > 1e300:
+                raise ValueError(f"{name}: the sum of its entries overflows a float; scale the values down")
         if self.send_time is not None:
             if len(self.send_time) != self.stages - 1:
                 raise ValueError(f"send_time: needs {self.stages - 1} entries (one per stage but the last), "
@@ -88,6 +90,8 @@ class PartitionProblem:
             for i, v in enumerate(vec):
                 if not math.isfinite(v) or v <= 0:
                     raise ValueError(f"{name}[{i}]: must be a finite number > 0, got {v!r}")
+        if self.memory_limit is not None and self.stage_memory_limit is not None:
+            raise ValueError("memory_limit: give either one limit for every stage or stage_memory_limit, not both")
         if self.memory_limit is not None and (not math.isfinite(self.memory_limit) or self.memory_limit <= 0):
             raise ValueError(f"memory_limit: must be a positive number of bytes, got {self.memory_limit!r}")
 

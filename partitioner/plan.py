@@ -111,7 +111,8 @@ class StagePlan(BaseModel):
     node: int
     times: StageTimes
     memory: StageMemory
-    kv_capacity_tokens: int = Field(description="KV tokens that fit per GPU with all free memory given to KV")
+    kv_capacity_tokens: int = Field(description="KV tokens that fit with all free memory given to KV: sequences × "
+                                    "context (sliding-window layers hold only their window of each sequence)")
     kv_capacity_sequences: float = Field(description="sequences of `context` tokens the stage holds")
 
 
@@ -135,7 +136,8 @@ class Metrics(BaseModel):
     throughput_per_gpu: float
     tpot_ms: float = Field(description="time per output token of one sequence")
     ttft_ms: float = Field(description="time to first token of one request on an idle replica")
-    kv_capacity_tokens: int = Field(description="KV tokens per replica the engine can allocate (tightest stage)")
+    kv_capacity_tokens: int = Field(description="KV tokens per replica the engine can allocate (tightest stage; "
+                                    "sequences × context)")
     max_concurrency: float = Field(description="sequences of `context` tokens per replica that fit")
     slo_met: bool
     predicted_by: str = Field(description="profile label and cost model version")

@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from profiler.gpus import GPUSpec, get_gpu
 
-__all__ = ["Objective", "PlanRequest", "parse_gpus"]
+__all__ = ["MAX_GPUS", "Objective", "PlanRequest", "parse_gpus"]
 
 Objective = Literal["throughput", "latency", "min-gpus"]
 _GPUS_RE = re.compile(r"^\s*(\d+)\s*[xX×*]\s*([A-Za-z0-9_.\- ]+?)\s*$")
@@ -27,32 +27,40 @@ def parse_gpus(text: str) -> tuple[int, GPUSpec]:
     count = int(m.group(1))
     if count < 1:
         raise ValueError(f"gpus: count must be at least 1, got {count}")
+    if count > MAX_GPUS:
+        raise ValueError(f"gpus: {count} GPUs exceed the {MAX_GPUS} one plan may cover (plan a pod and replicate it)")
     return count, get_gpu(m.group(2))
+
+
+#: GPUs one request may plan for; the exact search enumerates every TP × PP × replica split
+MAX_GPUS = 4096
 
 
 class PlanRequest(BaseModel):
     """A planning request. Sizes in tokens, times in milliseconds, memory in GiB."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     model: str = Field(description="bundled preset name or path to a Hugging Face config.json")
     gpus: str = Field(description="COUNTxKIND, e.g. 8xH100")
-    nodes: int | None = Field(None, ge=1, description="nodes the GPUs are spread over (default: as few as fit)")
+    nodes: int | None = Field(None, ge=1, le=MAX_GPUS, strict=True,
+                              description="nodes the GPUs are spread over (default: as few as fit)")
     weight_dtype: Literal["bf16", "fp16", "fp8", "int8", "int4"] = "bf16"
     kv_dtype: Literal["bf16", "fp16", "fp8"] = "bf16"
-    prompt_tokens: int = Field(2048, ge=1, le=10_000_000, description="prompt length per request")
-    output_tokens: int = Field(512, ge=1, le=10_000_000, description="generated tokens per request")
-    concurrency: int = Field(64, ge=1, le=1_000_000, description="sequences in flight across all replicas")
-    context: int | None = Field(None, ge=1, le=10_000_000,
+    prompt_tokens: int = Field(2048, ge=1, le=10_000_000, strict=True, description="prompt length per request")
+    output_tokens: int = Field(512, ge=1, le=10_000_000, strict=True, description="generated tokens per request")
+    concurrency: int = Field(64, ge=1, le=1_000_000, strict=True, description="sequences in flight across all replicas")
+    context: int | None = Field(None, ge=1, le=10_000_000, strict=True,
                                 description="KV tokens to reserve per sequence (default prompt + output)")
     objective: Objective = "throughput"
     max_tpot_ms: float | None = Field(None, gt=0, description="SLO: time per output token, ms")
     max_ttft_ms: float | None = Field(None, gt=0, description="SLO: time to first token, ms")
-    tp: int | None = Field(None, ge=1, description="pin the tensor-parallel degree")
-    pp: int | None = Field(None, ge=1, description="pin the pipeline-parallel degree")
+    tp: int | None = Field(None, ge=1, le=MAX_GPUS, strict=True, description="pin the tensor-parallel degree")
+    pp: int | None = Field(None, ge=1, le=MAX_GPUS, strict=True, description="pin the pipeline-parallel degree")
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="share of HBM the engine may use")
-    runtime_reserve_gib: float = Field(2.0, ge=0, description="CUDA context, NCCL and graph buffers per GPU")
-    prefill_chunk_tokens: int = Field(8192, ge=1, description="tokens per prefill chunk (workspace sizing)")
+    runtime_reserve_gib: float = Field(2.0, ge=0, le=1024, description="CUDA context, NCCL and graph buffers per GPU")
+    prefill_chunk_tokens: int = Field(8192, ge=1, le=10_000_000, strict=True,
+                                      description="tokens per prefill chunk (workspace sizing)")
     profile: str | None = Field(None, description="a profile file or stored profile id (default: analytic)")
 
     @field_validator("gpus")
@@ -78,8 +86,14 @@ class PlanRequest(BaseModel):
             raise ValueError(f"nodes: {self.nodes} nodes cannot hold {count} GPUs (at least one GPU per node)")
         if self.nodes is not None and count % self.nodes:
             raise ValueError(f"nodes: {count} GPUs do not split evenly over {self.nodes} nodes")
-        if self.tp is not None and self.pp is not None and self.tp * self.pp > count:
-            raise ValueError(f"tp × pp: {self.tp} × {self.pp} = {self.tp * self.pp} GPUs, only {count} available")
+        if (self.tp or 1) * (self.pp or 1) > count:
+            raise ValueError(f"tp × pp: {self.tp or 1} × {self.pp or 1} = {(self.tp or 1) * (self.pp or 1)} GPUs, "
+                             f"only {count} available")
+        usable = self.gpu_memory_utilization * parse_gpus(self.gpus)[1].hbm_gib
+        if self.runtime_reserve_gib >= usable:
+            raise ValueError(f"runtime_reserve_gib: {self.runtime_reserve_gib:g} GiB leaves no room in the "
+                             f"{usable:.1f} GiB the engine may use ({self.gpu_memory_utilization:g} × "
+                             f"{parse_gpus(self.gpus)[1].hbm_gib:.0f} GiB)")
         return self
 
     @property

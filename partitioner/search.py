@@ -405,11 +405,23 @@ def _explain_infeasible(pl: _Planner, tps: list[int], infeasible: list[_Eval]) -
            f"{pl.req.gpu_memory_utilization:g} utilisation and {pl.req.runtime_reserve_gib:g} GiB reserve "
            f"({have / GIB:.1f} GiB in all)")
     if infeasible:
-        biggest = max(infeasible, key=lambda e: (e.t * e.p, -e.seqs))
+        biggest = max(infeasible, key=lambda e: (e.t * e.p, e.t, -e.seqs))
         biggest.reason = solve_partition(pl.problem(biggest)).reason
         msg += f"; the largest configuration tried (TP {biggest.t} × PP {biggest.p}) fails: {biggest.reason}"
         if biggest.reason and "units" in biggest.reason:
             msg = msg.replace("units", "decoder layers (0-based)")
+    hints = []
+    if pl.profile.weight_dtype in ("bf16", "fp16"):
+        from profiler.configs import preset_info
+
+        info = preset_info(pl.source.removeprefix("preset:")) if pl.source.startswith("preset:") else None
+        published = (info.published_checkpoint_dtype or "").split()[0] if info else ""
+        ckpt = f" (the published checkpoint is {published})" if published and published != "bf16" else ""
+        hints.append(f"quantised weights need less: --weight-dtype fp8 or int4{ckpt}")
+    if pl.req.concurrency > 1 and kv > 0.25 * have:
+        hints.append("fewer sequences (--concurrency) or a shorter --context shrink the KV cache")
+    if hints:
+        msg += "; " + "; ".join(hints)
     return InfeasibleError("gpus", "does not fit: " + msg, needed_bytes=total_w + kv, available_bytes=have)
 
 
@@ -421,7 +433,6 @@ def _stage_detail(pl: _Planner, e: _Eval) -> list[StagePlan]:
     w = pl.weights(t, p)
     kv = pl.cm.kv_bytes_per_gpu(t, e.seqs, pl.ctx)
     kv_seq = pl.cm.kv_bytes_per_sequence(t, pl.ctx)
-    kv_tok = pl.cm.kv_bpt / pl.cm.kv_shards(t)
     ws = pl.cm.workspace_bytes(t, pl.req.prefill_chunk_tokens, e.seqs)
     inter = pl.inter_node(t, p, e.r)
     tokens = e.b + e.b * pl.P / pl.O
@@ -439,7 +450,6 @@ def _stage_detail(pl: _Planner, e: _Eval) -> list[StagePlan]:
         wsb = float(ws[units].max())
         total = weights + kvb + wsb + pl.reserve
         room = pl.usable - weights - wsb - pl.reserve
-        per_tok = float(kv_tok[units].sum())
         per_seq = float(kv_seq[units].sum())
         first_gpu = k * t
         stages.append(StagePlan(
@@ -457,7 +467,9 @@ def _stage_detail(pl: _Planner, e: _Eval) -> list[StagePlan]:
             memory=StageMemory(weights_gib=weights / GIB, kv_cache_gib=kvb / GIB, workspace_gib=wsb / GIB,
                                reserve_gib=pl.reserve / GIB, total_gib=total / GIB, limit_gib=pl.usable / GIB,
                                free_gib=(pl.usable - total) / GIB),
-            kv_capacity_tokens=int(room / per_tok) if per_tok > 0 else 0,
+            # tokens of context-long sequences: with sliding-window layers a sequence costs less than
+            # context × per-token bytes, so tokens = sequences × context, not room / per-token bytes
+            kv_capacity_tokens=int(room / per_seq * pl.ctx) if per_seq > 0 else 0,
             kv_capacity_sequences=room / per_seq if per_seq > 0 else math.inf,
         ))
     return stages

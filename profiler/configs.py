@@ -19,6 +19,7 @@ __all__ = [
     "ModelConfig",
     "ModelConfigError",
     "PresetInfo",
+    "check_config",
     "list_presets",
     "load_model_config",
 ]
@@ -86,6 +87,61 @@ def config_hash(raw: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(raw, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
+#: fields every decoder config needs, and their largest plausible value
+_REQUIRED = {"hidden_size": 1 << 18, "num_hidden_layers": 4096, "num_attention_heads": 4096, "vocab_size": 1 << 24}
+#: fields checked when present (None allowed): positive integers up to a plausible bound
+_OPTIONAL = {
+    "intermediate_size": 1 << 22, "num_key_value_heads": 4096, "head_dim": 1 << 14, "moe_intermediate_size": 1 << 22,
+    "kv_lora_rank": 1 << 16, "q_lora_rank": 1 << 16, "qk_rope_head_dim": 1 << 14, "qk_nope_head_dim": 1 << 14,
+    "v_head_dim": 1 << 14, "n_routed_experts": 1 << 16, "num_local_experts": 1 << 16, "num_experts": 1 << 16,
+    "num_experts_per_tok": 1 << 16, "sliding_window": 1 << 26, "max_position_embeddings": 1 << 27,
+}
+
+
+def check_config(raw: dict[str, Any], source: str) -> None:
+    """Reject configs whose sizes cannot describe a model, naming the field, the value and the rule.
+
+    Multimodal configs are checked on their ``text_config``.
+
+    Raises:
+        ModelConfigError: a missing, non-integer, non-positive or implausibly large size, or sizes
+            that contradict each other (KV heads not dividing heads, top-k above the expert count).
+    """
+    cfg = {**raw, **raw["text_config"]} if isinstance(raw.get("text_config"), dict) else raw
+
+    def bad(key: str, rule: str) -> ModelConfigError:
+        return ModelConfigError(f"model: {key} {cfg.get(key)!r} in {source} {rule}")
+
+    def positive(key: str, bound: int, required: bool) -> None:
+        v = cfg.get(key)
+        if v is None:
+            if required:
+                raise ModelConfigError(f"model: {source} has no {key}; a decoder config needs it")
+            return
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise bad(key, "must be an integer ≥ 1")
+        if v > bound:
+            raise bad(key, f"exceeds {bound}, the largest this planner accepts")
+
+    for key, bound in _REQUIRED.items():
+        positive(key, bound, True)
+    for key, bound in _OPTIONAL.items():
+        positive(key, bound, False)
+    heads, kv = cfg["num_attention_heads"], cfg.get("num_key_value_heads") or cfg["num_attention_heads"]
+    if heads % kv:
+        raise bad("num_key_value_heads", f"must divide num_attention_heads ({heads})")
+    if cfg.get("head_dim") is None and cfg.get("kv_lora_rank") is None and cfg["hidden_size"] % heads:
+        raise bad("hidden_size", f"must be a multiple of num_attention_heads ({heads}) when head_dim is not given")
+    experts = cfg.get("n_routed_experts") or cfg.get("num_local_experts") or cfg.get("num_experts")
+    top_k = cfg.get("num_experts_per_tok")
+    if experts and top_k and top_k > experts:
+        raise bad("num_experts_per_tok", f"exceeds the {experts} experts")
+    dense = cfg.get("first_k_dense_replace")
+    if dense is not None and (isinstance(dense, bool) or not isinstance(dense, int) or dense < 0
+                              or dense > cfg["num_hidden_layers"]):
+        raise bad("first_k_dense_replace", f"must be an integer in 0..num_hidden_layers ({cfg['num_hidden_layers']})")
+
+
 def load_model_config(model: str) -> ModelConfig:
     """Load a bundled preset by name (case-insensitive) or a local ``config.json`` (file or folder).
 
@@ -116,6 +172,7 @@ def load_model_config(model: str) -> ModelConfig:
         name, source = key, f"preset:{key}"
     if not isinstance(raw, dict) or not isinstance(raw.get("model_type"), str):
         raise ModelConfigError(f"model: config {source!r} has no string 'model_type' field")
+    check_config(raw, source)
     return ModelConfig(name=name, raw=raw, config_hash=config_hash(raw), source=source)
 
 

@@ -60,8 +60,8 @@ def _norm(s: str) -> str:
     return s.upper().replace("_", "-").replace(" ", "")
 
 
-def get_gpu(name: str) -> GPUSpec:
-    """Look a GPU up by name or alias (case-insensitive).
+def get_gpu(name: str, field: str = "gpus") -> GPUSpec:
+    """Look a GPU up by name or alias (case-insensitive); ``field`` names the option in errors.
 
     Raises:
         UnknownGPUError: naming the value and the known GPUs.
@@ -71,4 +71,4 @@ def get_gpu(name: str) -> GPUSpec:
         if key == _norm(g.name) or key in (_norm(a) for a in g.aliases):
             return g
     known = ", ".join(g.name for g in _catalog())
-    raise UnknownGPUError(f"gpus: unknown GPU kind {name!r}; known: {known}")
+    raise UnknownGPUError(f"{field}: unknown GPU kind {name!r}; known: {known}")

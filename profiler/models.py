@@ -38,11 +38,20 @@ def build_hf_config(cfg: ModelConfig) -> Any:
     try:
         hf = AutoConfig.for_model(model_type, **raw)
     except (ValueError, KeyError) as exc:
-        raise ModelConfigError(
-            f"model: model_type {model_type!r} of {cfg.source!r} is not known to this transformers ({exc})"
-        ) from None
+        if f"{model_type!r}" in str(exc) or "Unrecognized" in str(exc):
+            raise ModelConfigError(
+                f"model: model_type {model_type!r} of {cfg.source!r} is not known to this transformers ({exc})"
+            ) from None
+        raise ModelConfigError(f"model: transformers rejects {cfg.source!r}: {_first_line(exc)}") from None
+    except Exception as exc:  # transformers' own strict-dataclass validation of config fields
+        raise ModelConfigError(f"model: transformers rejects {cfg.source!r}: {_first_line(exc)}") from None
     text = hf.get_text_config() if hasattr(hf, "get_text_config") else hf
     return text
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
 
 
 def build_meta_model(hf_config: Any) -> nn.Module:
@@ -55,7 +64,7 @@ def build_meta_model(hf_config: Any) -> nn.Module:
         with torch.device("meta"):
             try:
                 return AutoModelForCausalLM.from_config(hf_config)
-            except ValueError as exc:
+            except (ValueError, TypeError, RuntimeError, ZeroDivisionError) as exc:
                 raise ModelConfigError(
                     f"model: transformers cannot build a causal LM from this config ({exc})"
                 ) from None

@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 __all__ = [
     "PROFILE_SCHEMA_VERSION",
@@ -137,6 +137,19 @@ class Profile(BaseModel):
     units: list[UnitCost]
     calibration: dict[str, Efficiency] = Field(default_factory=dict, description="per GPU catalog name")
     provenance: dict[str, str | int | float | list[int] | None] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _units_cover_the_model(self) -> Profile:
+        n = self.model.num_layers + 2
+        if len(self.units) != n:
+            raise ValueError(f"units: {len(self.units)} units for a {self.model.num_layers}-layer model; "
+                             f"a profile has one per planning unit ({n}: embedding, layers, head)")
+        for i, u in enumerate(self.units):
+            want = "embed" if i == 0 else "head" if i == n - 1 else "decoder"
+            if u.index != i or u.kind != want:
+                raise ValueError(f"units[{i}]: has index {u.index} and kind {u.kind!r}; expected index {i}, "
+                                 f"kind {want!r} (units in order: embedding, decoder layers, head)")
+        return self
 
     @property
     def profile_id(self) -> str:

@@ -113,6 +113,26 @@ def test_bad_config_files(tmp_path: Path) -> None:
     with pytest.raises(ModelConfigError, match="no string 'model_type'"):
         load_model_config(str(no_type))
     unknown = tmp_path / "unknown.json"
-    unknown.write_text('{"model_type": "definitely_not_a_model"}')
+    unknown.write_text('{"model_type": "definitely_not_a_model", "hidden_size": 64, "num_hidden_layers": 2, '
+                       '"num_attention_heads": 4, "vocab_size": 100}')
     with pytest.raises(ModelConfigError, match="not known to this transformers"):
         model_spec(str(unknown))
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"num_attention_heads": 0}, "num_attention_heads 0 in .* must be an integer ≥ 1"),
+        ({"num_key_value_heads": 3}, "num_key_value_heads 3 in .* must divide num_attention_heads"),
+        ({"hidden_size": True}, "hidden_size True in .* must be an integer ≥ 1"),
+        ({"num_hidden_layers": 10**9}, "num_hidden_layers 1000000000 .* exceeds 4096"),
+        ({"vocab_size": None}, "has no vocab_size"),
+        ({"num_experts_per_tok": 9, "num_local_experts": 8}, "num_experts_per_tok 9 .* exceeds the 8 experts"),
+    ],
+)
+def test_nonsense_configs_are_refused(tmp_path: Path, change: dict, message: str) -> None:
+    src = Path(__file__).resolve().parent.parent / "profiler" / "presets" / "tiny-llama.json"
+    cfg = {**json.loads(src.read_text()), **change}
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ModelConfigError, match="^model: .*" + message):
+        load_model_config(str(tmp_path))

@@ -116,7 +116,7 @@ def test_valid_tp_degrees() -> None:
     [
         ({"model": "llama-3.1-8b", "gpus": "4xH100", "tp": 3}, PlanningError,
          "tp: 3 does not divide the 32 attention heads of llama-3.1-8b"),
-        ({"model": "llama-3.1-8b", "gpus": "4xH100", "pp": 33}, PlanningError, "pp: 33 stages exceed the 32"),
+        ({"model": "llama-3.1-8b", "gpus": "64xH100", "pp": 33}, PlanningError, "pp: 33 stages exceed the 32"),
         ({"model": "llama-3.1-405b", "gpus": "8xL4"}, InfeasibleError,
          "gpus: does not fit: llama-3.1-405b in bf16 needs"),
     ],

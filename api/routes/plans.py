@@ -60,7 +60,7 @@ def list_plans(
 ) -> PlansPublic:
     """Stored plans, newest first, filtered and paginated."""
     try:
-        gpu_name = get_gpu(gpu).name if gpu else None
+        gpu_name = get_gpu(gpu, field="gpu").name if gpu else None
     except UnknownGPUError as exc:
         msg = "gpu" + str(exc).removeprefix("gpus")
         raise ApiError(422, [ErrorItem(field="gpu", message=msg, value=gpu)]) from None
