@@ -38,10 +38,13 @@ def model_name_of(plan: dict[str, Any]) -> str:
     return name
 
 
-def check_runnable(plan: dict[str, Any], device: str) -> list[str]:
+def check_runnable(plan: dict[str, Any], device: str, dtype: str = "float32") -> list[str]:
     """Refuse what the executor cannot run (with the reason) and return notes on what it simplifies."""
     deg = plan["degrees"]
     notes = []
+    _check_consistent(plan)
+    if device == "cpu":
+        _check_host_memory(plan, _DTYPE_BYTES.get(dtype, 4))
     if deg["tp"] > 1 and device == "cuda":
         import torch
 
@@ -60,6 +63,48 @@ def check_runnable(plan: dict[str, Any], device: str) -> list[str]:
         if not torch.cuda.is_available():
             raise ExecutorError("device: 'cuda' requested but torch sees no CUDA GPU (use --device cpu)")
     return notes
+
+
+def _check_consistent(plan: dict[str, Any]) -> None:
+    """A plan whose partition, degrees and stages disagree was edited by hand: refuse it."""
+    deg, part, stages = plan["degrees"], list(plan["partition"]), plan["stages"]
+    layers = int(plan["model"]["num_layers"])
+    if len(part) != deg["pp"] or len(stages) != deg["pp"]:
+        raise ExecutorError(f"partition: {part} has {len(part)} stages, degrees.pp is {deg['pp']} and the plan "
+                            f"lists {len(stages)} stages; they must agree")
+    if sum(part) != layers or any(x < 1 for x in part):
+        raise ExecutorError(f"partition: {part} must give every stage ≥ 1 of the model's {layers} decoder layers "
+                            f"(sum {sum(part)})")
+    first = 0
+    for s, n in zip(stages, part, strict=True):
+        if list(s["decoder_layers"]) != [first, first + n - 1]:
+            raise ExecutorError(f"stages[{s['index']}].decoder_layers: {s['decoder_layers']} disagrees with the "
+                                f"partition {part} (expected [{first}, {first + n - 1}])")
+        first += n
+
+
+#: bytes per parameter the CPU check assumes for each executor dtype
+_DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+
+
+def _check_host_memory(plan: dict[str, Any], dtype_bytes: int = 4) -> None:
+    """Refuse a CPU run whose weights cannot fit in this host's memory: the ranks hold the model once
+    between them (a TP rank its whole stage before sharding), the unsplit reference holds it again."""
+    import os
+
+    params = int(plan["model"]["total_params"])
+    need = params * dtype_bytes * (1 + int(plan["degrees"]["tp"]))
+    try:
+        avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):  # not a POSIX host: nothing to check against
+        return
+    if need > avail:
+        gib = 1024**3
+        raise ExecutorError(
+            f"device: the {plan['model']['name']} weights need about {need / gib:.1f} GiB of host memory on CPU "
+            f"(ranks plus the unsplit reference, {dtype_bytes} B per parameter) and {avail / gib:.1f} GiB are "
+            "free; run a smaller model's plan on CPU, or this one with --device cuda"
+        )
 
 
 def run_plan(plan: dict[str, Any], *, device: str = "cpu", dtype: str = "float32", seed: int = 0,
@@ -90,7 +135,7 @@ def run_plan(plan: dict[str, Any], *, device: str = "cpu", dtype: str = "float32
     """
     opts = launch_opts or LaunchOptions()
     name = model_name_of(plan)
-    notes = check_runnable(plan, device)
+    notes = check_runnable(plan, device, dtype)
     wl, why = resolve_workload(plan, device, prompt_tokens=prompt_tokens, new_tokens=new_tokens,
                                micro_batches=micro_batches, micro_batch_size=micro_batch_size)
     pp, tp = plan["degrees"]["pp"], plan["degrees"]["tp"]
