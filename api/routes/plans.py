@@ -62,8 +62,11 @@ def list_plans(
     try:
         gpu_name = get_gpu(gpu, field="gpu").name if gpu else None
     except UnknownGPUError as exc:
-        msg = "gpu" + str(exc).removeprefix("gpus")
-        raise ApiError(422, [ErrorItem(field="gpu", message=msg, value=gpu)]) from None
+        raise ApiError(422, [ErrorItem(field="gpu", message=str(exc), value=gpu)]) from None
+    if created_after is not None and created_before is not None and created_after >= created_before:
+        raise ApiError(422, [ErrorItem(field="created_before", value=created_before.isoformat(),
+                                       message=f"created_before: {created_before.isoformat()} must be later than "
+                                       f"created_after ({created_after.isoformat()})")])
     flt = repo.PlanFilter(model=model, gpu=gpu_name, objective=objective, created_after=created_after,
                           created_before=created_before)
     rows, total = repo.list_plans(session, flt, limit=limit, offset=offset)
