@@ -63,7 +63,10 @@ def list_plans(
         gpu_name = get_gpu(gpu, field="gpu").name if gpu else None
     except UnknownGPUError as exc:
         raise ApiError(422, [ErrorItem(field="gpu", message=str(exc), value=gpu)]) from None
-    if created_after is not None and created_before is not None and created_after >= created_before:
+    def _utc(t: dt.datetime) -> dt.datetime:  # naive times are UTC, as stored
+        return t if t.tzinfo is not None else t.replace(tzinfo=dt.UTC)
+
+    if created_after is not None and created_before is not None and _utc(created_after) >= _utc(created_before):
         raise ApiError(422, [ErrorItem(field="created_before", value=created_before.isoformat(),
                                        message=f"created_before: {created_before.isoformat()} must be later than "
                                        f"created_after ({created_after.isoformat()})")])
