@@ -206,6 +206,7 @@ def plan(
     json_out: Annotated[Path | None, typer.Option("--json", help="write Plan JSON v1 here ('-' = stdout)")] = None,
     export: Annotated[str | None, typer.Option(help="print engine settings: vllm, sglang, trtllm, torch")] = None,
     save: Annotated[bool, typer.Option(help="store the plan in the local database")] = True,
+    solver: Annotated[str, typer.Option(help="cut solver: dp (exact) or cpsat (OR-Tools, gap reported)")] = "dp",
 ) -> None:
     """Plan TP/PP degrees, replicas and the exact stage cut for MODEL on GPUS."""
     from partitioner.exports import EXPORT_FORMATS, render_export
@@ -219,6 +220,7 @@ def plan(
         prompt_tokens=prompt_tokens, output_tokens=output_tokens, concurrency=concurrency, context=context,
         objective=objective, max_tpot_ms=max_tpot_ms, max_ttft_ms=max_ttft_ms, tp=tp, pp=pp,
         gpu_memory_utilization=gpu_memory_utilization, runtime_reserve_gib=runtime_reserve_gib, profile=profile,
+        solver=solver,
     )
     result = plan_model(req, _load_profile_arg(profile))
     data = result.model_dump(mode="json")
@@ -293,7 +295,8 @@ def print_plan(d: dict[str, Any], plan_id: str | None = None) -> None:
     pareto = ", ".join(f"TP{x['degrees']['tp']}×PP{x['degrees']['pp']}×{x['degrees']['replicas']}: "
                        f"{x['throughput_per_gpu']:.0f} tok/s/GPU @ {x['tpot_ms']:.1f} ms" for x in d["pareto"][:6])
     console.print(f"Pareto (throughput/GPU vs TPOT): {pareto}", highlight=False)
-    console.print(f"predicted by {m['predicted_by']}; solver {pv['solver']}, optimal={pv['optimal']}, "
+    console.print(f"predicted by {m['predicted_by']}; solver {pv['solver']}, optimal={pv['optimal']} "
+                  f"(gap {pv.get('gap', 0.0):.2%}), "
                   f"{pv['configs_evaluated']} cuts solved in {pv['solve_time_ms']:.1f} ms", highlight=False)
     for n in d.get("notes", []):
         console.print(f"note: {n}", highlight=False)

@@ -184,6 +184,7 @@ class Provenance(BaseModel):
     efficiency: dict[str, object]
     solver: str
     optimal: bool = Field(description="the cut is proven optimal for its degrees")
+    gap: float = Field(0.0, description="relative optimality gap of the cut (0 when proven optimal)")
     solve_time_ms: float
     configs_evaluated: int
     ppplan_version: str

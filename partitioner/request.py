@@ -62,6 +62,8 @@ class PlanRequest(BaseModel):
     prefill_chunk_tokens: int = Field(8192, ge=1, le=10_000_000, strict=True,
                                       description="tokens per prefill chunk (workspace sizing)")
     profile: str | None = Field(None, description="a profile file or stored profile id (default: analytic)")
+    solver: Literal["dp", "cpsat"] = Field("dp", description="solver of the chosen configuration's cut: dp "
+                                           "(exact) or cpsat (OR-Tools, hinted with the DP cut, gap reported)")
 
     @field_validator("gpus")
     @classmethod

@@ -370,6 +370,8 @@ def plan_model(req: PlanRequest, profile: Profile | None = None) -> Plan:
         raise _explain_infeasible(pl, tps, infeasible)
     evals.sort(key=pl.key, reverse=True)
     best = pl.evaluate(evals[0], final=True)
+    if req.solver == "cpsat":
+        _resolve_with_cpsat(pl, best)
     seen = {(best.t, best.p, best.r)}
     runner: list[_Eval] = []
     for e in evals[1:]:
@@ -382,6 +384,20 @@ def plan_model(req: PlanRequest, profile: Profile | None = None) -> Plan:
     pareto = _pareto(evals)
     solve_ms = (time.perf_counter() - t0) * 1e3
     return _build_plan(pl, best, runner, pareto, solve_ms)
+
+
+def _resolve_with_cpsat(pl: _Planner, best: _Eval) -> None:
+    """Re-solve the chosen configuration's cut with CP-SAT (hinted with the DP cut) and adopt it."""
+    from partitioner.cpsat import solve_partition_cpsat
+
+    res = solve_partition_cpsat(pl.problem(best), time_limit_s=10.0)
+    if res.status not in ("optimal", "feasible"):  # the hint alone is feasible: only a time-out lands here
+        best.extra["solver"] = (f"cp-sat {res.status} ({res.reason}); dp-exact-v1 cut kept", True, 0.0)
+        return
+    best.sizes = res.sizes
+    pl._fill(best, res.bottleneck)
+    best.extra["solver"] = (f"cp-sat ({res.status}, hinted with the DP cut, {res.wall_s * 1e3:.0f} ms)",
+                            res.status == "optimal", res.gap)
 
 
 def _tp_rule(tp: int, heads: int, kv: int, gpn: int, count: int, name: str) -> str:
@@ -526,6 +542,7 @@ def _build_plan(pl: _Planner, best: _Eval, runner: list[_Eval], pareto: list[_Ev
     except PackageNotFoundError:
         ver = "0+unknown"
     req = pl.req
+    solver_name, optimal, gap = best.extra.get("solver", (SOLVER, True, 0.0))
     stages = _stage_detail(pl, best)
     desc = pl.cm.describe()
     label = pl.profile.label
@@ -596,7 +613,7 @@ def _build_plan(pl: _Planner, best: _Eval, runner: list[_Eval], pareto: list[_Ev
         "provenance": Provenance(
             profile_id=pl.profile.profile_id, profile_kind=pl.profile.kind, profile_label=label,
             cost_model=str(desc["cost_model"]), time_source=str(desc["time_source"]),
-            efficiency=cast(dict[str, object], desc["efficiency"]), solver=SOLVER, optimal=True,
+            efficiency=cast(dict[str, object], desc["efficiency"]), solver=solver_name, optimal=optimal, gap=gap,
             solve_time_ms=solve_ms,
             configs_evaluated=pl.evaluated, ppplan_version=ver,
             created=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),

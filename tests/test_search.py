@@ -160,3 +160,12 @@ def test_request_validation_names_the_field(kw: dict, field: str) -> None:
 def test_context_beyond_the_model_is_refused() -> None:
     with pytest.raises(PlanningError, match="context: 200000 tokens per sequence exceed the 131072 positions"):
         _plan(model="llama-3.1-8b", gpus="8xH100", context=200_000)
+
+
+def test_cpsat_solver_agrees_with_the_dp_and_reports_its_gap() -> None:
+    dp = _plan(model="llama-3.1-8b", gpus="8xH100", tp=1, pp=8)
+    cp = _plan(model="llama-3.1-8b", gpus="8xH100", tp=1, pp=8, solver="cpsat")
+    assert cp.provenance.solver.startswith("cp-sat")
+    assert cp.provenance.optimal and cp.provenance.gap <= 1e-5
+    assert cp.metrics.throughput_tokens_per_s == pytest.approx(dp.metrics.throughput_tokens_per_s, rel=1e-5)
+    assert sum(cp.partition) == 32
