@@ -90,14 +90,11 @@ _DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 def _check_host_memory(plan: dict[str, Any], dtype_bytes: int = 4) -> None:
     """Refuse a CPU run whose weights cannot fit in this host's memory: the ranks hold the model once
     between them (a TP rank its whole stage before sharding), the unsplit reference holds it again."""
-    import os
+    from profiler.measure import host_available_bytes
 
     params = int(plan["model"]["total_params"])
     need = params * dtype_bytes * (1 + int(plan["degrees"]["tp"]))
-    try:
-        avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError):  # not a POSIX host: nothing to check against
-        return
+    avail = host_available_bytes()
     if need > avail:
         gib = 1024**3
         raise ExecutorError(

@@ -233,6 +233,11 @@ def _free_bytes(dev: _Device) -> int:
     if dev.cuda:
         free, _ = torch.cuda.mem_get_info(dev.torch_device)
         return int(free)
+    return host_available_bytes()
+
+
+def host_available_bytes() -> int:
+    """Host memory available to a new allocation, bytes (Linux MemAvailable; free pages elsewhere)."""
     try:
         with open("/proc/meminfo") as f:
             for line in f:
