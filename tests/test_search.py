@@ -12,12 +12,17 @@ from pydantic import ValidationError
 from partitioner.plan import json_schema
 from partitioner.request import PlanRequest
 from partitioner.search import InfeasibleError, PlanningError, plan_model, valid_tp_degrees
+from partitioner.validate import validate_plan
 
 SCHEMA = Path(__file__).resolve().parent.parent / "schemas" / "plan-v1.schema.json"
 
 
 def _plan(**kw):
-    return plan_model(PlanRequest(**kw))
+    """Plan, and check the plan's internal consistency whatever produced it."""
+    plan = plan_model(PlanRequest(**kw))
+    problems = validate_plan(plan.model_dump(mode="json"))
+    assert not problems, problems
+    return plan
 
 
 def test_kimi_k2_int4_on_8_h100_is_feasible_with_headroom() -> None:
@@ -169,3 +174,21 @@ def test_cpsat_solver_agrees_with_the_dp_and_reports_its_gap() -> None:
     assert cp.provenance.optimal and cp.provenance.gap <= 1e-5
     assert cp.metrics.throughput_tokens_per_s == pytest.approx(dp.metrics.throughput_tokens_per_s, rel=1e-5)
     assert sum(cp.partition) == 32
+
+
+def test_validate_plan_catches_hand_edits() -> None:
+    data = _plan(model="llama-3.1-8b", gpus="4xH100", tp=1, pp=4).model_dump(mode="json")
+    data["partition"] = [8, 8, 8, 9]
+    problems = validate_plan(data)
+    assert any(p.startswith("partition: sums to 33") for p in problems)
+    assert any(p.startswith("exports.vllm") for p in problems)
+
+
+@pytest.mark.parametrize("model", ["llama-3.1-8b", "mixtral-8x7b", "gpt-oss-120b", "gemma-3-27b", "deepseek-v3",
+                                   "tiny-moe", "tiny-mla", "tiny-sliding"])
+@pytest.mark.parametrize("objective", ["throughput", "latency", "min-gpus"])
+def test_every_plan_is_consistent(model: str, objective: str) -> None:
+    dtype = "fp8" if model == "deepseek-v3" else "bf16"
+    for gpus in ("16xH100", "24xH200"):
+        _plan(model=model, gpus=gpus, objective=objective, weight_dtype=dtype, concurrency=96,
+              prompt_tokens=1000, output_tokens=300)
