@@ -304,6 +304,34 @@ def print_plan(d: dict[str, Any], plan_id: str | None = None) -> None:
         console.print(f"plan id: [bold]{plan_id}[/]")
 
 
+@app.command()
+@user_errors
+def validate(plan_file: Annotated[Path, typer.Argument(help="a Plan JSON v1 file")]) -> None:
+    """Check a plan file's internal consistency (partition, stages, memory, schedule, exports)."""
+    from pydantic import ValidationError
+
+    from partitioner.plan import Plan
+    from partitioner.validate import validate_plan
+
+    try:
+        data = json.loads(plan_file.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        fail(f"plan_file: {str(plan_file)!r} is not a readable JSON file ({exc})")
+        return
+    try:
+        Plan.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        fail(f"plan_file: {str(plan_file)!r} is not a Plan JSON v1 (field "
+             f"{'.'.join(str(x) for x in first['loc'])}: {first['msg']})")
+    problems = validate_plan(data)
+    for p in problems:
+        console.print(f"problem: {p}", highlight=False)
+    if problems:
+        raise typer.Exit(1)
+    console.print(f"{plan_file}: consistent ({len(data['stages'])} stages, partition {data['partition']})")
+
+
 def _floats(field: str, text: str | None) -> tuple[float, ...] | None:
     if text is None:
         return None

@@ -143,3 +143,19 @@ def test_partition_cpsat_and_heterogeneous(tmp_path: Path) -> None:
     assert code == 2 and "stage_speed" in stderr
     code, _, stderr = run("partition", "--costs", str(costs), "--stages", "3", "--stage-speed", "1,1")
     assert code == 2 and "stage_speed: needs 3 entries" in stderr
+
+
+def test_validate_command(tmp_path: Path) -> None:
+    out = tmp_path / "p.json"
+    assert run("plan", "llama-3.1-8b", "--gpus", "4xH100", "--tp", "1", "--pp", "4", "--json", str(out),
+               "--no-save")[0] == 0
+    code, stdout, _ = run("validate", str(out))
+    assert code == 0 and "consistent" in stdout
+    data = json.loads(out.read_text())
+    data["partition"] = [8, 8, 8, 9]
+    out.write_text(json.dumps(data))
+    code, stdout, _ = run("validate", str(out))
+    assert code == 1 and "partition: sums to 33" in stdout
+    out.write_text("{}")
+    code, _, stderr = run("validate", str(out))
+    assert code == 2 and "is not a Plan JSON v1" in stderr
