@@ -65,6 +65,8 @@ def validation_items(errors: list[Any]) -> list[ErrorItem]:
         if not loc:  # a model-level rule: its message starts with the field it names ("nodes: ...")
             m = _FIELD.match(msg)
             loc = [m.group(1)] if m else []
+            if loc and isinstance(value, dict):
+                value = value.get(loc[0])
         items.append(ErrorItem(field=".".join(loc) or "request", message=msg,
                                value=None if isinstance(value, dict | list) else _safe(value)))
     return items
