@@ -4,11 +4,20 @@ PlanRequest and Profile reused as they are) and what it sees (``*Public``)."""
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from api.store.repo import MeasurementCreate
+
+
+def as_utc(t: dt.datetime) -> dt.datetime:
+    """``t`` with its time zone; the store keeps naive UTC times (SQLite has no zone)."""
+    return t if t.tzinfo is not None else t.replace(tzinfo=dt.UTC)
+
+
+#: a time every response shows with its zone (UTC when the store returned a naive one)
+UtcDatetime = Annotated[dt.datetime, AfterValidator(as_utc)]
 
 __all__ = [
     "ErrorBody",
@@ -49,7 +58,7 @@ class ProfilePublic(BaseModel):
     weight_dtype: str
     kv_dtype: str
     device: str | None
-    created: dt.datetime
+    created: UtcDatetime
     cached: bool = Field(False, description="true when this profile was already stored")
     profile: dict[str, Any] | None = Field(None, description="the Profile JSON (omitted in listings)")
 
@@ -58,7 +67,7 @@ class PlanPublic(BaseModel):
     """A stored plan with its Plan JSON v1."""
 
     id: str
-    created: dt.datetime
+    created: UtcDatetime
     cached: bool = Field(description="true when an identical request had been planned before")
     plan: dict[str, Any] = Field(description="Plan JSON v1 (docs/plan-json-v1.md)")
 
@@ -69,7 +78,7 @@ class PlanSummary(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
     id: str
-    created: dt.datetime
+    created: UtcDatetime
     model_name: str
     gpu_kind: str
     gpu_count: int
@@ -125,7 +134,7 @@ class MeasurementPublic(BaseModel):
     peak_bytes: int | None
     tokens: int
     micro_batch_size: int
-    created: dt.datetime
+    created: UtcDatetime
 
 
 class MeasurementsPublic(BaseModel):
@@ -141,7 +150,7 @@ class JobPublic(BaseModel):
 
     id: str
     status: Literal["queued", "running", "done", "failed"]
-    created: dt.datetime
+    created: UtcDatetime
     finished: dt.datetime | None = None
     plan_id: str | None = Field(None, description="set when done: GET /v1/plans/{plan_id}")
     cached: bool | None = None

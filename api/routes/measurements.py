@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
-
 from fastapi import APIRouter, Query
 
 from api.deps import SessionDep
@@ -17,13 +15,7 @@ _RESP = {404: {"model": ErrorBody}, 422: {"model": ErrorBody}}
 
 
 def _public(rows: list[MeasurementRow]) -> list[MeasurementPublic]:
-    out = []
-    for r in rows:
-        m = MeasurementPublic.model_validate(r)
-        if m.created.tzinfo is None:
-            m.created = m.created.replace(tzinfo=dt.UTC)
-        out.append(m)
-    return out
+    return [MeasurementPublic.model_validate(r) for r in rows]
 
 
 @router.post("", status_code=201, response_model=MeasurementsPublic, responses=_RESP)

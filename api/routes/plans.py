@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 
 from api.deps import JobsDep, SessionDep, SettingsDep
 from api.http_errors import ApiError, not_found
-from api.schemas import ErrorBody, ErrorItem, JobPublic, PlanPublic, PlansPublic, PlanSummary
+from api.schemas import ErrorBody, ErrorItem, JobPublic, PlanPublic, PlansPublic, PlanSummary, as_utc
 from api.service import check_http_request, plan_and_store
 from api.store import repo
 from api.store.models import PlanRow
@@ -26,8 +26,7 @@ ExportFormat = Literal["vllm", "sglang", "trtllm", "torch", "json"]
 
 
 def _public(row: PlanRow, *, cached: bool) -> PlanPublic:
-    created = row.created if row.created.tzinfo else row.created.replace(tzinfo=dt.UTC)
-    return PlanPublic(id=row.id, created=created, cached=cached, plan=row.body)
+    return PlanPublic(id=row.id, created=row.created, cached=cached, plan=row.body)
 
 
 @router.post("", status_code=201, response_model=PlanPublic | JobPublic,
@@ -63,22 +62,14 @@ def list_plans(
         gpu_name = get_gpu(gpu, field="gpu").name if gpu else None
     except UnknownGPUError as exc:
         raise ApiError(422, [ErrorItem(field="gpu", message=str(exc), value=gpu)]) from None
-    def _utc(t: dt.datetime) -> dt.datetime:  # naive times are UTC, as stored
-        return t if t.tzinfo is not None else t.replace(tzinfo=dt.UTC)
-
-    if created_after is not None and created_before is not None and _utc(created_after) >= _utc(created_before):
+    if created_after is not None and created_before is not None and as_utc(created_after) >= as_utc(created_before):
         raise ApiError(422, [ErrorItem(field="created_before", value=created_before.isoformat(),
                                        message=f"created_before: {created_before.isoformat()} must be later than "
                                        f"created_after ({created_after.isoformat()})")])
     flt = repo.PlanFilter(model=model, gpu=gpu_name, objective=objective, created_after=created_after,
                           created_before=created_before)
     rows, total = repo.list_plans(session, flt, limit=limit, offset=offset)
-    data = []
-    for r in rows:
-        s = PlanSummary.model_validate(r)
-        if s.created.tzinfo is None:
-            s.created = s.created.replace(tzinfo=dt.UTC)
-        data.append(s)
+    data = [PlanSummary.model_validate(r) for r in rows]
     return PlansPublic(data=data, count=total, limit=limit, offset=offset)
 
 
