@@ -14,6 +14,7 @@ import torch
 
 from executor.stage import dtype_of
 from executor.worker import prompts
+from profiler.hf_compat import cache_kwargs
 
 __all__ = ["LOGITS_TOLERANCE", "CheckResult", "compare", "reference_outputs"]
 
@@ -44,8 +45,11 @@ class CheckResult:
 
 @torch.inference_mode()
 def reference_outputs(model_name: str, *, workload: dict[str, int], seed: int, dtype: str, device: str,
-                      checkpoint: str | None) -> dict[str, torch.Tensor]:
-    """Greedy tokens ``[M, b, N]`` and last-position logits ``[M, b, N, vocab]`` of the unsplit model."""
+                      checkpoint: str | None, use_cache: bool = True) -> dict[str, torch.Tensor]:
+    """Greedy tokens ``[M, b, N]`` and last-position logits ``[M, b, N, vocab]`` of the unsplit model.
+
+    ``use_cache=False`` recomputes the whole sequence at every step instead of decoding over the KV
+    cache: an oracle that does not trust the cache path (a test compares the two)."""
     from pathlib import Path
 
     from executor.stage import rotary_embedding
@@ -76,7 +80,14 @@ def reference_outputs(model_name: str, *, workload: dict[str, int], seed: int, d
         lg = [out.logits[:, -1].float()]
         tk = [lg[-1].argmax(-1)]
         for _ in range(1, N):
-            out = model(input_ids=tk[-1].unsqueeze(-1), cache=cache, use_cache=True, logits_to_keep=1)
+            if not use_cache:
+                seq = torch.cat([ids[m].to(dev), torch.stack(tk, 1)], 1)
+                out = model(input_ids=seq, use_cache=False, logits_to_keep=1)
+                lg.append(out.logits[:, -1].float())
+                tk.append(lg[-1].argmax(-1))
+                continue
+            out = model(input_ids=tk[-1].unsqueeze(-1), use_cache=True, logits_to_keep=1,
+                        **cache_kwargs(model, cache))
             cache = getattr(out, "past_key_values", None) or getattr(out, "cache", None)
             lg.append(out.logits[:, -1].float())
             tk.append(lg[-1].argmax(-1))

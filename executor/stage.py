@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from executor.spec import ExecutorError
+from profiler.hf_compat import cache_kwargs
 
 __all__ = [
     "StageLayout",
@@ -160,8 +161,8 @@ class StageRuntime:
         pos = torch.arange(start, start + n, device=self.device).unsqueeze(0).expand(h.shape[0], -1)
         cos_sin = self.rotary(h, pos)
         for layer in self.layers:
-            h = layer(h, attention_mask=None, position_ids=pos, cache=cache, use_cache=True,
-                      position_embeddings=cos_sin)
+            h = layer(h, attention_mask=None, position_ids=pos, use_cache=True,
+                      position_embeddings=cos_sin, **cache_kwargs(layer, cache))
             if isinstance(h, tuple):  # older decoder layers return (hidden, ...)
                 h = h[0]
         if self.head is None:

@@ -46,6 +46,7 @@ from profiler.analytic import COST_MODEL_VERSION, SPEC_VERSION, analytic_profile
 from profiler.configs import ModelConfig, load_model_config
 from profiler.dtypes import element_bytes
 from profiler.gpus import GPUSpec, get_gpu, list_gpus
+from profiler.hf_compat import cache_kwargs
 from profiler.profile import MeasuredPoint, Profile, UnitCost
 from profiler.spec import ModelSpec
 
@@ -512,7 +513,7 @@ def _mask(cfg: Any, h: torch.Tensor, cache: Any, pos: torch.Tensor, sliding: boo
     from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 
     fn = create_sliding_window_causal_mask if sliding else create_causal_mask
-    return fn(config=cfg, inputs_embeds=h, attention_mask=None, cache=cache, position_ids=pos)
+    return fn(config=cfg, inputs_embeds=h, attention_mask=None, position_ids=pos, **cache_kwargs(fn, cache))
 
 
 def _measure_decoder(ctx: _Ctx, unit: UnitCost, grid: ProfileGrid, points_left: Callable[[], bool],
@@ -533,8 +534,8 @@ def _measure_decoder(ctx: _Ctx, unit: UnitCost, grid: ProfileGrid, points_left: 
         return torch.randn(batch, n, hidden, generator=gen).to(device=dev, dtype=ctx.dtype)
 
     def forward(h: torch.Tensor, pos: torch.Tensor, cache: Any, mask: Any) -> torch.Tensor:
-        out = mod(h, attention_mask=mask, position_ids=pos, cache=cache, use_cache=True,
-                  position_embeddings=ctx.rope(h, pos))
+        out = mod(h, attention_mask=mask, position_ids=pos, use_cache=True,
+                  position_embeddings=ctx.rope(h, pos), **cache_kwargs(mod, cache))
         return _first_tensor(out)
 
     _materialise([mod], ctx.dev, ctx.dtype)

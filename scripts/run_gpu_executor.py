@@ -22,16 +22,18 @@ from pathlib import Path
 from typing import Any
 
 
-def prepare(out: Path, layers: int, gpus: str, prompt: int, output: int, concurrency: int) -> dict[str, Any]:
-    """Write the config, plan it, force an uneven cut; returns the plan (dict)."""
+def prepare(out: Path, layers: int, gpus: str, prompt: int, output: int, concurrency: int,
+            base: str = "llama-3.1-8b") -> dict[str, Any]:
+    """Write the config (``base``'s shapes, ``layers`` decoder layers), plan it, force an uneven cut;
+    returns the plan (dict)."""
     from executor.recut import recut
     from partitioner.request import PlanRequest
     from partitioner.search import plan_model
     from profiler.configs import load_model_config
 
-    cfg = dict(load_model_config("llama-3.1-8b").raw)
+    cfg = dict(load_model_config(base).raw)
     cfg.update(num_hidden_layers=layers)
-    model_dir = out / f"llama-3.1-8b-shapes-{layers}l"
+    model_dir = out / f"{base}-shapes-{layers}l"
     model_dir.mkdir(parents=True, exist_ok=True)
     (model_dir / "config.json").write_text(json.dumps(cfg, indent=1))
     req = PlanRequest(model=str(model_dir), gpus=gpus, tp=1, pp=2, prompt_tokens=prompt, output_tokens=output,
@@ -53,11 +55,15 @@ def main() -> None:
     ap.add_argument("--output-tokens", type=int, default=32)
     ap.add_argument("--concurrency", type=int, default=16)
     ap.add_argument("--dtype", default="bfloat16")
+    ap.add_argument("--base", default="llama-3.1-8b", help="preset whose shapes the model takes")
+    ap.add_argument("--device", choices=("cuda", "cpu"), default="cuda",
+                    help="cpu: rehearse the whole script on CPU ranks (use a small --base)")
     ap.add_argument("--dry-run", action="store_true", help="prepare only (no GPU needed)")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    plan = prepare(args.out, args.layers, args.gpus, args.prompt_tokens, args.output_tokens, args.concurrency)
-    print(f"plan: {plan['model']['name']} ({args.layers} layers of Llama-3.1-8B shapes) on {args.gpus}, "
+    plan = prepare(args.out, args.layers, args.gpus, args.prompt_tokens, args.output_tokens, args.concurrency,
+                   args.base)
+    print(f"plan: {plan['model']['name']} ({args.layers} layers of {args.base} shapes) on {args.gpus}, "
           f"partition {plan['partition']}, {plan['degrees']['micro_batches']} micro-batches of "
           f"{plan['degrees']['micro_batch_size']}")
     if args.dry_run:
@@ -65,7 +71,7 @@ def main() -> None:
         return
     import torch
 
-    if not torch.cuda.is_available():
+    if args.device == "cuda" and not torch.cuda.is_available():
         print("error: no CUDA GPU visible; nothing was run (use --dry-run to only prepare)", file=sys.stderr)
         raise SystemExit(3)
     from rich.console import Console
@@ -74,11 +80,12 @@ def main() -> None:
     from executor.run import run_plan
 
     t0 = time.perf_counter()
-    report = run_plan(plan, device="cuda", dtype=args.dtype, run_dir=args.out / "run", timeout_s=300)
+    report = run_plan(plan, device=args.device, dtype=args.dtype, run_dir=args.out / "run", timeout_s=200)
     if report is None:
         raise SystemExit("no report came back (node 0 holds it)")
-    report["gpu_name"] = torch.cuda.get_device_name(0)
-    report["gpu_count"] = torch.cuda.device_count()
+    cuda = args.device == "cuda"
+    report["gpu_name"] = torch.cuda.get_device_name(0) if cuda else "CPU (rehearsal)"
+    report["gpu_count"] = torch.cuda.device_count() if cuda else 0
     report["script_wall_s"] = time.perf_counter() - t0
     (args.out / "report.json").write_text(json.dumps(report, indent=1))
     with open(args.out / "report.txt", "w") as fh:

@@ -10,6 +10,7 @@ import torch
 
 from executor.calibration import fit_stage_measurements, predict_stage_seconds, profile_for_plan
 from executor.recut import parse_partition, recut
+from executor.reference import reference_outputs
 from executor.run import check_runnable, model_name_of
 from executor.spec import CHECK_WORKLOAD, ExecutorError, RunSpec, Workload, resolve_workload
 from executor.stage import build_stage, stage_layout
@@ -190,3 +191,17 @@ def test_gpu_script_prepares_an_uneven_8b_shaped_plan(tmp_path: Path) -> None:
     assert len(set(plan["partition"])) == 2 and sum(plan["partition"]) == 4
     assert plan["model"]["hidden_size"] == 4096 and plan["model"]["vocab_size"] == 128256
     assert json.loads((tmp_path / "plan.json").read_text())["partition"] == plan["partition"]
+
+
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-moe"])
+def test_reference_decode_reads_its_cache(name: str) -> None:
+    """Decoding over the KV cache equals recomputing the whole sequence: a cache keyword the installed
+    transformers silently drops would make every decode step attend to its new token alone (and the
+    pipeline, calling layers the same way, would agree with that wrong reference)."""
+    wl = {"micro_batches": 1, "micro_batch_size": 2, "prompt_tokens": 7, "new_tokens": 5}
+    cached = reference_outputs(name, workload=wl, seed=3, dtype="float32", device="cpu", checkpoint=None)
+    full = reference_outputs(name, workload=wl, seed=3, dtype="float32", device="cpu", checkpoint=None,
+                             use_cache=False)
+    assert torch.equal(cached["tokens"], full["tokens"])
+    assert float((cached["logits"] - full["logits"]).abs().max()) < 1e-4
+    assert float(cached["logits"][..., 1:, :].std()) > 0  # steps differ: a real comparison, not zeros
