@@ -105,6 +105,11 @@ def print_report(report: dict[str, Any], console: Console) -> None:
                       f"({chk['token_mismatches']}/{chk['tokens_total']} differ), logits max |diff| "
                       f"{chk['logits_max_abs_diff']:.2e} (tolerance {chk['tolerance']:.0e}, {chk['dtype']})",
                       highlight=False)
+        if chk.get("diverged_at_near_tie") or chk.get("diverged_otherwise"):
+            console.print(f"  sequences diverging: {chk['diverged_at_near_tie']} at a near-tie (accepted), "
+                          f"{chk['diverged_otherwise']} otherwise; first at decode step "
+                          f"{chk['first_divergence_step']}; logits compared up to each divergence "
+                          f"({chk['compared_steps']} sequence-steps)", highlight=False)
     t = Table(title="stages: predicted vs measured (decode: one micro-batch step; prefill: per prompt)")
     for c in ("stage", "rank", "layers", "decode ms pred", "decode ms meas", "err", "prefill ms pred",
               "prefill ms meas", "err", "wait s pre/dec", "sent KiB", "peak MiB"):

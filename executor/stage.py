@@ -169,7 +169,7 @@ class StageRuntime:
             return h
         for m in self.tail:
             h = m(h)
-        return self.head(h[:, -1, :]).float()
+        return self.head(h[:, -1:, :])[:, 0].float()  # the shapes of transformers' logits_to_keep=1
 
 
 def build_stage(model_name: str, modules: Sequence[str], *, seed: int, device: torch.device,

@@ -21,11 +21,13 @@ export PYTHONUNBUFFERED=1
 RES="${OUT:-$PWD/gpu-out}"
 mkdir -p "$RES"
 DEVICE="${DEVICE:-cuda}"
-MODELS="${MODELS:-llama-3.1-8b llama-3.1-70b}"
-EXTRA_MODELS="${EXTRA_MODELS:-mixtral-8x7b qwen2.5-72b}"
+MODELS="${MODELS-llama-3.1-8b llama-3.1-70b}"
+EXTRA_MODELS="${EXTRA_MODELS-mixtral-8x7b qwen2.5-72b}"
 DEADLINE_S="${DEADLINE_S:-330}"  # no extra profile starts after this many seconds
 HARD_S="${HARD_S:-500}"          # every step ends by this many seconds (results are packed after)
 EXEC_ARGS="${EXEC_ARGS:-}"
+EXEC_DTYPES="${EXEC_DTYPES-float32 bfloat16}"  # the executor check runs once per dtype
+RUN_TEST="${RUN_TEST:-1}"
 if compgen -G ".whl/*.whl" >/dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     || { echo "error: could not install the carried wheels" >&2; exit 1; }
@@ -56,7 +58,9 @@ export -f ppplan
   else
     GPU="$(python3 -c 'import torch; from profiler.measure import resolve_cuda_gpu; print(resolve_cuda_gpu(torch.cuda.get_device_name()).name)')" \
       || { echo "error: no CUDA GPU the catalog knows"; exit 2; }
-    step "CUDA test" 150 python3 -m pytest -q -m gpu tests/test_profiler_measure.py -p no:cacheprovider
+    if [[ "$RUN_TEST" == 1 ]]; then
+      step "CUDA test" 150 python3 -m pytest -q -m gpu tests/test_profiler_measure.py -p no:cacheprovider
+    fi
   fi
   echo "catalog GPU: $GPU"
   mkdir -p "$RES/profiles"
@@ -64,8 +68,10 @@ export -f ppplan
     step "profile $m" 200 bash -c "ppplan profile $m --device $DEVICE --weight-dtype bf16 --kv-dtype bf16 \
       --out $RES/profiles/$m.bf16.$GPU.json"
   done
-  # shellcheck disable=SC2086
-  step "executor" 240 python3 scripts/run_gpu_executor.py --out "$RES/exec" $EXEC_ARGS
+  for dt in $EXEC_DTYPES; do
+    # shellcheck disable=SC2086
+    step "executor $dt" 150 python3 scripts/run_gpu_executor.py --out "$RES/exec/$dt" --dtype "$dt" $EXEC_ARGS
+  done
   for m in $EXTRA_MODELS; do
     if (( SECONDS > DEADLINE_S )); then echo "=== skipped profile $m: past ${DEADLINE_S} s"; continue; fi
     step "profile $m" 150 bash -c "ppplan profile $m --device $DEVICE --weight-dtype bf16 --kv-dtype bf16 \
@@ -75,6 +81,6 @@ export -f ppplan
 } 2>&1 | tee "$RES/session.log"
 # one tarball (the way back takes at most 8 files); a run killed before this line still returns the
 # log, the profiles and the executor report as loose files
-rm -rf "$RES/exec/run"  # rank scratch files; the report keeps what matters
+rm -rf "$RES"/exec/*/run  # rank scratch files; the report keeps what matters
 (cd "$RES" && tar czf results.tgz profiles exec && rm -rf profiles exec)
 ls -la "$RES"

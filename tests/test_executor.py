@@ -205,3 +205,30 @@ def test_reference_decode_reads_its_cache(name: str) -> None:
     assert torch.equal(cached["tokens"], full["tokens"])
     assert float((cached["logits"] - full["logits"]).abs().max()) < 1e-4
     assert float(cached["logits"][..., 1:, :].std()) > 0  # steps differ: a real comparison, not zeros
+
+
+def _outputs(tokens: list[list[int]], logits: list[list[list[float]]]) -> dict[str, torch.Tensor]:
+    return {"tokens": torch.tensor([tokens]), "logits": torch.tensor([logits])}
+
+
+def test_compare_accepts_a_divergence_only_at_a_near_tie() -> None:
+    from executor.reference import compare
+
+    tol = 1e-4  # float32
+    ref = _outputs([[1, 0]], [[[0.0, 2.0, 1.0], [3.0, 0.0, 0.0]]])
+    same = compare(ref, ref, "float32")
+    assert same.passed and same.tokens_equal and same.compared_steps == 2 and same.first_divergence_step is None
+    # a near-tie at step 0: token 2 instead of 1, within tolerance in both runs; later steps not compared
+    tie = _outputs([[2, 2]], [[[0.0, 2.0, 2.0 + tol / 2], [0.0, 0.0, 9.0]]])
+    tie_ref = _outputs([[1, 0]], [[[0.0, 2.0 + tol / 2, 2.0], [3.0, 0.0, 0.0]]])
+    r = compare(tie, tie_ref, "float32")
+    assert r.passed and not r.tokens_equal and r.diverged_at_near_tie == 1 and r.first_divergence_step == 0
+    assert r.compared_steps == 1 and r.logits_max_abs_diff <= tol
+    # a divergence with a clear winner in the reference is a failure
+    wrong = _outputs([[2, 0]], [[[0.0, 2.0, 2.5], [3.0, 0.0, 0.0]]])
+    r = compare(wrong, ref, "float32")
+    assert not r.passed and r.diverged_otherwise == 1
+    # equal tokens but logits off by more than the tolerance before any divergence
+    off = _outputs([[1, 0]], [[[0.0, 2.0, 1.0], [3.0, 0.01, 0.0]]])
+    r = compare(off, ref, "float32")
+    assert not r.passed and r.tokens_equal and r.logits_max_abs_diff > tol
