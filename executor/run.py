@@ -178,6 +178,8 @@ def run_plan(plan: dict[str, Any], *, device: str = "cpu", dtype: str = "float32
             ref = reference_outputs(name, workload=result["workload"], seed=seed, dtype=dtype, device=device,
                                     checkpoint=checkpoint)
             chk = compare(outputs, ref, dtype).to_dict()
+            if not own_dir:  # the caller keeps the run folder: keep the reference beside the outputs
+                torch.save(ref, rdir / "reference.pt")
         from executor.report import build_report
 
         report = build_report(plan, result, workload_note=why, check=chk, device=device, plan_id=plan_id)

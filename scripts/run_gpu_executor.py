@@ -46,6 +46,31 @@ def prepare(out: Path, layers: int, gpus: str, prompt: int, output: int, concurr
     return plan
 
 
+def check_detail(run_dir: Path, plan: dict[str, Any], report: dict[str, Any], dtype: str,
+                 device: str) -> dict[str, Any]:
+    """Per sequence and decode step: max |Δlogit| and each run's top-two margin (for choosing a rule),
+    and how far a second run of the reference lands from the first (the determinism floor)."""
+    import torch
+
+    from executor.reference import reference_outputs
+    from executor.run import model_name_of
+
+    run, ref = torch.load(run_dir / "outputs.pt"), torch.load(run_dir / "reference.pt")
+    rl, fl = run["logits"].float(), ref["logits"].float()
+    steps = fl.shape[-2]
+    rl, fl = rl.reshape(-1, steps, rl.shape[-1]), fl.reshape(-1, steps, fl.shape[-1])
+    rt, ft = run["tokens"].reshape(-1, steps), ref["tokens"].reshape(-1, steps)
+    top_r, top_f = rl.topk(2, dim=-1).values, fl.topk(2, dim=-1).values
+    again = reference_outputs(model_name_of(plan), workload=report["workload"], seed=0, dtype=dtype, device=device,
+                              checkpoint=None)
+    return {"reference_repeat_max_abs_diff": float((again["logits"].float() - ref["logits"].float()).abs().max()),
+            "max_abs_diff": (rl - fl).abs().amax(-1).tolist(),
+            "ref_margin": (top_f[..., 0] - top_f[..., 1]).tolist(),
+            "run_margin": (top_r[..., 0] - top_r[..., 1]).tolist(),
+            "tokens_differ": (rt != ft).tolist(),
+            "ref_logit_std": fl.std(-1).tolist(), "ref_logit_absmax": fl.abs().amax(-1).tolist()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, required=True, help="folder for config, plan, report")
@@ -87,6 +112,7 @@ def main() -> None:
     report["gpu_name"] = torch.cuda.get_device_name(0) if cuda else "CPU (rehearsal)"
     report["gpu_count"] = torch.cuda.device_count() if cuda else 0
     report["script_wall_s"] = time.perf_counter() - t0
+    report["check_detail"] = check_detail(args.out / "run", plan, report, args.dtype, args.device)
     (args.out / "report.json").write_text(json.dumps(report, indent=1))
     with open(args.out / "report.txt", "w") as fh:
         print_report(report, Console(file=fh, width=170))
