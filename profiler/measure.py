@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import datetime as _dt
+import inspect
 import math
 import os
 import platform
@@ -131,6 +132,9 @@ class ProfileGrid:
 #: batches 1…256 at several contexts, as vLLM's and vidur's profilers span)
 CUDA_GRIDS: tuple[ProfileGrid, ...] = (
     ProfileGrid(prefill_tokens=(128, 512, 2048, 8192), decode_batches=(1, 8, 32, 128, 256),
+                decode_contexts=(512, 2048, 8192)),
+    # the same without the longest prompt (MLA's math-path scores at 8192 tokens outgrow an 80 GB GPU)
+    ProfileGrid(prefill_tokens=(128, 512, 2048, 4096), decode_batches=(1, 8, 32, 128, 256),
                 decode_contexts=(512, 2048, 8192)),
     ProfileGrid(prefill_tokens=(128, 1024, 8192), decode_batches=(1, 16, 256), decode_contexts=(1024, 8192)),
     ProfileGrid(prefill_tokens=(128, 2048), decode_batches=(1, 64), decode_contexts=(2048,)),
@@ -485,8 +489,14 @@ class _Ctx:
     def module(self, name: str) -> nn.Module:
         return self.model.get_submodule(name)
 
-    def rope(self, h: torch.Tensor, pos: torch.Tensor) -> Any:
-        return None if self.rotary is None else self.rotary(h, pos)
+    def rope(self, h: torch.Tensor, pos: torch.Tensor, layer: int) -> Any:
+        """(cos, sin) for decoder ``layer``; models with one rotary table per layer type (Gemma 3:
+        local and global bases) take the layer's type."""
+        if self.rotary is None:
+            return None
+        if "layer_type" in inspect.signature(type(self.rotary).forward).parameters:
+            return self.rotary(h, pos, self.hf.layer_types[layer])
+        return self.rotary(h, pos)
 
 
 def _rotary(model: nn.Module, hf: Any, dev: _Device) -> nn.Module | None:
@@ -535,7 +545,7 @@ def _measure_decoder(ctx: _Ctx, unit: UnitCost, grid: ProfileGrid, points_left: 
 
     def forward(h: torch.Tensor, pos: torch.Tensor, cache: Any, mask: Any) -> torch.Tensor:
         out = mod(h, attention_mask=mask, position_ids=pos, use_cache=True,
-                  position_embeddings=ctx.rope(h, pos), **cache_kwargs(mod, cache))
+                  position_embeddings=ctx.rope(h, pos, layer_i), **cache_kwargs(mod, cache))
         return _first_tensor(out)
 
     _materialise([mod], ctx.dev, ctx.dtype)
@@ -723,9 +733,13 @@ def _point_memory(unit: UnitCost, spec: ModelSpec, phase: str, batch: int, token
             return unit.weight_bytes + kv + act + scores + fill + fill_scores
         kv = kv_bpt * int(min(tokens, window))
         act = tokens * (unit.workspace_bytes_per_token + 4 * hidden * dtype_bytes)
-        # the CPU's sdpa may materialise the score matrix (heads × tokens × keys, fp32)
+        # the CPU's sdpa may materialise the score matrix (heads × tokens × keys, fp32); on CUDA the
+        # fused kernels do not, except for MLA, whose query/key and value head sizes differ: there
+        # sdpa falls back to the math path (fp32 scores and their softmax: 8 bytes a pair; an H100
+        # asked for 64 GiB at DeepSeek-V3's 128 heads × 8192²)
         heads = max(1, unit.attn_flops_per_pair_prefill // max(1, 4 * max(1, spec.head_dim)))
-        scores = 0 if cuda else heads * tokens * int(min(tokens, window)) * 4
+        pairs = heads * tokens * int(min(tokens, window))
+        scores = (8 * pairs if unit.attention == "mla" else 0) if cuda else 4 * pairs
         return unit.weight_bytes + kv + act + scores
     n = batch * tokens
     if unit.kind == "head":
@@ -733,8 +747,10 @@ def _point_memory(unit: UnitCost, spec: ModelSpec, phase: str, batch: int, token
     return unit.weight_bytes + n * hidden * dtype_bytes * 2
 
 
-def _check_memory(units: list[UnitCost], spec: ModelSpec, grid: ProfileGrid, dev: _Device, dtype_bytes: int) -> None:
-    free = _free_bytes(dev)
+def _check_memory(units: list[UnitCost], spec: ModelSpec, grid: ProfileGrid, dev: _Device, dtype_bytes: int,
+                  free: int | None = None) -> None:
+    """Raise :class:`MeasureError` naming the largest grid point when it does not fit the device."""
+    free = _free_bytes(dev) if free is None else free
     limit = int(free * MEMORY_HEADROOM)
     worst: tuple[int, str] | None = None
     for u in units:
@@ -750,6 +766,20 @@ def _check_memory(units: list[UnitCost], spec: ModelSpec, grid: ProfileGrid, dev
             f"grid: {worst[1]} needs about {worst[0] / GIB:.1f} GiB on {dev.torch_device} but only "
             f"{limit / GIB:.1f} GiB may be used ({MEMORY_HEADROOM:.0%} of {free / GIB:.1f} GiB free); "
             f"use a smaller grid ({GRID_ENV}=\"prefill=…;batch=…;context=…\") or a larger device")
+
+
+def _grids_that_fit(grids: list[ProfileGrid], units: list[UnitCost], spec: ModelSpec, dev: _Device,
+                    dtype_bytes: int, free: int) -> list[ProfileGrid]:
+    """The grids (order kept) whose every point fits ``free`` bytes; the coarsest one when none does
+    (its memory check then names the point that does not fit)."""
+    fits = []
+    for g in grids:
+        try:
+            _check_memory(units, spec, g, dev, dtype_bytes, free)
+        except MeasureError:
+            continue
+        fits.append(g)
+    return fits or grids[-1:]
 
 
 def _estimate_seconds(units: list[UnitCost], profile: Profile, grid: ProfileGrid, dev: _Device,
@@ -886,6 +916,8 @@ def run_profile(
     if grid is None and env_grid:
         grid = parse_grid(env_grid)
     candidates = [grid] if grid is not None else list(CUDA_GRIDS if dev.cuda else CPU_GRIDS)
+    if len(candidates) > 1:  # a default grid: drop those the device's memory cannot hold
+        candidates = _grids_that_fit(candidates, distinct, spec, dev, dtype_bytes, _free_bytes(dev))
     chosen = candidates[-1]
     estimate = 0.0
     for g in candidates:

@@ -232,3 +232,17 @@ def test_compare_accepts_a_divergence_only_at_a_near_tie() -> None:
     off = _outputs([[1, 0]], [[[0.0, 2.0, 1.0], [3.0, 0.01, 0.0]]])
     r = compare(off, ref, "float32")
     assert not r.passed and r.tokens_equal and r.logits_max_abs_diff > tol
+
+
+def test_compare_low_precision_tolerance_scales_with_the_logits() -> None:
+    """bf16: 4 ulps of the step's largest |logit| (0.125 at |logit| in [4, 8)), never below 5e-2."""
+    from executor.reference import compare
+
+    ref = _outputs([[0]], [[[6.0, 1.0, -2.0]]])
+    near = _outputs([[0]], [[[6.0 - 0.12, 1.0, -2.0]]])
+    far = _outputs([[0]], [[[6.0 - 0.13, 1.0, -2.0]]])
+    assert compare(near, ref, "bfloat16").passed and compare(near, ref, "bfloat16").tolerance == 0.125
+    assert not compare(far, ref, "bfloat16").passed
+    small = _outputs([[0]], [[[0.5, 0.1, 0.0]]])
+    assert compare(_outputs([[0]], [[[0.5 - 0.049, 0.1, 0.0]]]), small, "bfloat16").passed  # the 5e-2 floor
+    assert not compare(near, ref, "float32").passed  # float32 stays absolute

@@ -14,6 +14,7 @@ from profiler.analytic import analytic_profile, model_spec
 from profiler.gpus import get_gpu, list_gpus
 from profiler.measure import (
     CPU_GRIDS,
+    CUDA_GRIDS,
     GRID_ENV,
     MeasureError,
     ProfileGrid,
@@ -216,3 +217,45 @@ def test_cuda_profile_tiny_models() -> None:
             if u.kind == "decoder":
                 pre = {p.tokens: p for p in u.measured if p.phase == "prefill"}
                 assert pre[1024].peak_bytes > pre[128].peak_bytes  # type: ignore[operator]
+
+
+def test_default_grid_falls_back_to_one_that_fits_memory() -> None:
+    """MLA on CUDA materialises fp32 scores (DeepSeek-V3 asked an H100 for 64 GiB at 8192 tokens): the
+    memory plan counts them, and a default grid steps down to the finest one the device holds."""
+    from profiler.measure import _Device, _grids_that_fit, _point_memory
+
+    prof = analytic_profile(model_spec("deepseek-v3"), weight_dtype="bf16", kv_dtype="bf16")
+    spec = model_spec("deepseek-v3")
+    mla = next(u for u in prof.units if u.kind == "decoder" and u.attention == "mla")
+    need = _point_memory(mla, spec, "prefill", 1, 8192, 8192, 2, cuda=True)
+    assert need - mla.weight_bytes >= 64 * 2**30
+    llama = analytic_profile(model_spec("llama-3.1-70b"), weight_dtype="bf16", kv_dtype="bf16")
+    lay = next(u for u in llama.units if u.kind == "decoder")
+    assert _point_memory(lay, model_spec("llama-3.1-70b"), "prefill", 1, 8192, 8192, 2, cuda=True) < 4 * 2**30
+    dev = _Device(torch_device=torch.device("cpu"), catalog=get_gpu("H100-SXM-80GB"), name="fake", cuda=True)
+    distinct = list({u.signature: u for u in prof.units}.values())
+    fits = _grids_that_fit(list(CUDA_GRIDS), distinct, spec, dev, 2, 79 * 2**30)
+    assert fits and fits[0] is CUDA_GRIDS[1] and max(fits[0].prefill_tokens) == 4096
+    assert _grids_that_fit(list(CUDA_GRIDS), distinct, spec, dev, 2, 2**30) == [CUDA_GRIDS[-1]]
+
+
+def test_gemma3_per_layer_type_rotary_profiles(tmp_path: Path) -> None:
+    """Gemma 3 keeps one rotary table per layer type (its forward needs the type): a shrunk Gemma-3
+    config with sliding and full layers profiles, and its sliding layers cache at most the window."""
+    from profiler.configs import load_model_config
+
+    raw = dict(load_model_config("gemma-3-27b").raw)
+    raw.update(hidden_size=128, intermediate_size=256, num_attention_heads=4, num_key_value_heads=2, head_dim=32,
+               num_hidden_layers=6, vocab_size=512, sliding_window=32, max_position_embeddings=1024,
+               layer_types=["sliding_attention"] * 5 + ["full_attention"])
+    path = tmp_path / "tiny-gemma3.json"
+    path.write_text(json.dumps(raw))
+    grid = ProfileGrid(prefill_tokens=(16, 64), decode_batches=(1, 2), decode_contexts=(64,))
+    prof = run_profile(str(path), device="cpu", grid=grid)
+    kinds = {u.attention for u in prof.units if u.kind == "decoder"}
+    assert kinds == {"sliding", "full"}
+    kv = prof.provenance["measured_kv_bytes_per_token"]
+    for u, measured in zip(prof.units, kv, strict=True):  # type: ignore[arg-type]
+        if u.kind == "decoder":
+            assert measured in (u.kv_bytes_per_token, u.kv_bytes_per_token_hf)
+            assert all(p.time_s > 0 for p in u.measured)
