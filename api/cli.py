@@ -174,6 +174,10 @@ def _load_profile_arg(value: str | None) -> Any:
 
     if Path(value).exists():
         return load_profile(value)
+    from profiler.bundled import bundled_profile, bundled_profiles
+
+    if value in bundled_profiles() or value.removesuffix(".json") in bundled_profiles():
+        return bundled_profile(value)
     try:
         from api.store_lookup import find_profile  # provided by the storage layer
     except ImportError:
@@ -202,7 +206,8 @@ def plan(
     pp: Annotated[int | None, typer.Option(help="pin the pipeline-parallel degree")] = None,
     gpu_memory_utilization: Annotated[float, typer.Option(help="share of HBM the engine uses")] = 0.9,
     runtime_reserve_gib: Annotated[float, typer.Option(help="per-GPU runtime reserve, GiB")] = 2.0,
-    profile: Annotated[str | None, typer.Option(help="plan with this profile (file or stored id)")] = None,
+    profile: Annotated[str | None, typer.Option(help="plan with this profile: a file, a stored id, or a shipped "
+                                                      "measured one, e.g. llama-3.1-70b.bf16.H100-SXM-80GB")] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="write Plan JSON v1 here ('-' = stdout)")] = None,
     export: Annotated[str | None, typer.Option(help="print engine settings: vllm, sglang, trtllm, torch")] = None,
     save: Annotated[bool, typer.Option(help="store the plan in the local database")] = True,

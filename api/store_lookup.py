@@ -38,5 +38,8 @@ def find_profile(id: str) -> Profile:
     with session_scope(database_url()) as session:
         prof = repo.get_profile(session, id)
     if prof is None:
-        raise ProfileError(f"profile: {id!r} is neither a file nor a stored profile id (see GET /v1/profiles)")
+        from profiler.bundled import bundled_profiles
+
+        raise ProfileError(f"profile: {id!r} is neither a file, a stored profile id (see GET /v1/profiles) nor a "
+                           f"shipped measured profile ({', '.join(bundled_profiles())})")
     return prof

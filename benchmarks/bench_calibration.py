@@ -23,6 +23,7 @@ from profiler.analytic import analytic_profile, model_spec
 from profiler.calibrate import apply_calibration, fit_efficiency, points_from_profile, predict_points
 from profiler.configs import load_model_config
 from profiler.measure import ProfileGrid, run_profile
+from profiler.profile import Profile
 
 GRID = ProfileGrid(prefill_tokens=(32, 128, 512), decode_batches=(1, 8, 32), decode_contexts=(128, 512))
 
@@ -41,9 +42,26 @@ MODELS = {
 }
 
 
+def _times(p: Profile) -> list[float]:
+    return [q.time_s for u in p.units for q in u.measured]
+
+
+def fastest(runs: list[Profile]) -> Profile:
+    """The first profile with each measured point's time replaced by its fastest over ``runs``."""
+    units = []
+    for k, u in enumerate(runs[0].units):
+        pts = [q.model_copy(update={"time_s": min(r.units[k].measured[i].time_s for r in runs)})
+               for i, q in enumerate(u.measured)]
+        units.append(u.model_copy(update={"measured": pts}))
+    return runs[0].model_copy(update={"units": units})
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads while measuring")
+    ap.add_argument("--repeats", type=int, default=3,
+                    help="measure each model this many times, interleaved, and keep each point's fastest "
+                         "median (a shared machine only ever adds time)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         cfgs = {}
@@ -52,9 +70,15 @@ def main() -> None:
             path.write_text(json.dumps(raw))
             cfgs[name] = load_model_config(str(path))
         t0 = time.perf_counter()
-        profs = {n: run_profile(c, device="cpu", grid=GRID, cpu_threads=args.threads) for n, c in cfgs.items()}
-        print(f"measured {len(profs)} models in {time.perf_counter() - t0:.1f} s on CPU ({args.threads} thread(s)); "
-              f"grid {GRID.describe()}")
+        runs: dict[str, list[Profile]] = {n: [] for n in cfgs}
+        for _ in range(max(1, args.repeats)):
+            for n, c in cfgs.items():
+                runs[n].append(run_profile(c, device="cpu", grid=GRID, cpu_threads=args.threads))
+        profs = {n: fastest(rs) for n, rs in runs.items()}
+        spread = [abs(b / a - 1) for rs in runs.values() for a, b in zip(_times(rs[0]), _times(rs[-1]), strict=True)]
+        print(f"measured {len(profs)} models ×{args.repeats} in {time.perf_counter() - t0:.1f} s on CPU "
+              f"({args.threads} thread(s)); grid {GRID.describe()}; first vs last run of a point: median "
+              f"|Δ| {statistics.median(spread):.1%} (the machine's noise floor)")
         a, b = profs["small-a"], profs["small-b"]
         eff = fit_efficiency(a, "CPU", points_from_profile(a), source=a.label)
         print(f"fit on small-a: η_compute {eff.compute:.4f}, η_memory {eff.memory:.4f}, overhead "

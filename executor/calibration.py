@@ -96,7 +96,7 @@ def _batched(cm: Any, phase: str, tokens: int, context: int, batch: int) -> Any:
     t = cm.unit_times(1, phase, tokens, context)
     if phase != "prefill" or batch == 1:
         return t
-    over = cm.efficiency.overhead_s
+    over = cm.unit_overhead
     return (t - over) * batch + over
 
 

@@ -164,7 +164,14 @@ class CostModel:
         roof = np.maximum(compute, memory)
         if eff.overlap:
             roof = roof + eff.overlap * np.minimum(compute, memory)
-        return roof + comm + eff.overhead_s
+        return roof + comm + self.unit_overhead
+
+    @property
+    def unit_overhead(self) -> np.ndarray:
+        """Fixed seconds per forward of each unit (decoder layers vs embedding and head)."""
+        eff = self.efficiency
+        return np.where(self.is_head, eff.overhead_of("head"),
+                        np.where(self.is_embed, eff.overhead_of("embed"), eff.overhead_s))
 
     def unit_times(self, tp: int, phase: Literal["prefill", "decode"], tokens: int, context: int) -> np.ndarray:
         """Seconds per unit for one forward.

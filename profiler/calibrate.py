@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -107,47 +107,64 @@ def _validate(profile: Profile, points: Sequence[CalibrationPoint]) -> None:
                                "both must be > 0")
 
 
-def _search(comp: np.ndarray, mem: np.ndarray, meas: np.ndarray) -> tuple[float, float, float, float, float]:
-    """Coarse-to-fine search of (η_f, η_b, overhead, overlap) minimising the mean squared log error.
+def _search(comp: np.ndarray, mem: np.ndarray, meas: np.ndarray,
+            group: np.ndarray) -> tuple[float, float, dict[int, float], float, float]:
+    """Coarse-to-fine search of (η_f, η_b, overhead per unit group, overlap) minimising the mean
+    squared log error.
 
-    Returns (η_f, η_b, overhead seconds, overlap, error). Identical points (identical units measured
-    once and repeated) are merged with their multiplicity as weight, so a homogeneous 80-layer
-    profile costs no more to fit than its distinct units.
+    ``group`` tags each point with its unit group (0: decoder layers, 1: embedding, 2: head), each
+    with its own fixed overhead. For given (η_f, η_b, ω) the groups' overheads are independent, so
+    each is minimised on its own grid: the search costs one overhead dimension, not one per group.
+
+    Returns (η_f, η_b, {group: overhead seconds}, overlap, error). Identical points (identical units
+    measured once and repeated) are merged with their multiplicity as weight, so a homogeneous
+    80-layer profile costs no more to fit than its distinct units.
     """
-    rows, weight = np.unique(np.stack([comp, mem, meas], axis=1), axis=0, return_counts=True)
-    comp, mem, meas = rows[:, 0], rows[:, 1], rows[:, 2]
+    rows, weight = np.unique(np.stack([comp, mem, meas, group], axis=1), axis=0, return_counts=True)
+    comp, mem, meas, grp = rows[:, 0], rows[:, 1], rows[:, 2], rows[:, 3].astype(int)
     w = weight / weight.sum()
     log_meas = np.log(meas)
+    groups = sorted({int(g) for g in grp})
+    sel = {g: grp == g for g in groups}
+    o_hi = {g: float(np.min(meas[sel[g]])) for g in groups}  # no overhead exceeds its fastest forward
+    lo_o, hi_o = dict.fromkeys(groups, 0.0), dict(o_hi)
     lo_f = lo_b = math.log(ETA_MIN)
     hi_f = hi_b = math.log(ETA_MAX)
-    o_hi = float(np.min(meas))  # the overhead cannot exceed the fastest measured forward
-    lo_o, hi_o = 0.0, o_hi
     lo_w, hi_w = 0.0, 1.0
-    best = (1.0, 1.0, 0.0, 0.0, math.inf)
+    best: tuple[float, float, dict[int, float], float, float] = (1.0, 1.0, dict.fromkeys(groups, 0.0), 0.0,
+                                                                 math.inf)
     steps, w_steps = COARSE_STEPS, OVERLAP_STEPS
     for _ in range(REFINE_ROUNDS + 1):
         ef = np.exp(np.linspace(lo_f, hi_f, steps))
         eb = np.exp(np.linspace(lo_b, hi_b, steps))
-        ov = np.linspace(lo_o, hi_o, steps)
+        ovs = {g: np.linspace(lo_o[g], hi_o[g], steps) for g in groups}
         c = comp[None, None, :] / ef[:, None, None]
         m = mem[None, None, :] / eb[None, :, None]
         hi_cm, lo_cm = np.maximum(c, m), np.minimum(c, m)
         for om in np.linspace(lo_w, hi_w, w_steps):
-            # shape (f, b, o, points)
-            pred = (hi_cm + om * lo_cm)[:, :, None, :] + ov[None, None, :, None]
-            err = ((np.log(np.maximum(pred, 1e-15)) - log_meas) ** 2) @ w
-            i, j, k = np.unravel_index(int(np.argmin(err)), err.shape)
-            if err[i, j, k] < best[4]:
-                best = (float(ef[i]), float(eb[j]), float(ov[k]), float(om), float(err[i, j, k]))
+            base = hi_cm + om * lo_cm  # (f, b, points)
+            total = np.zeros((len(ef), len(eb)))
+            pick: dict[int, np.ndarray] = {}
+            for g in groups:
+                pred = base[:, :, None, sel[g]] + ovs[g][None, None, :, None]  # (f, b, o, points of g)
+                err = ((np.log(np.maximum(pred, 1e-15)) - log_meas[sel[g]]) ** 2) @ w[sel[g]]
+                k = np.argmin(err, axis=2)
+                total += np.take_along_axis(err, k[:, :, None], axis=2)[:, :, 0]
+                pick[g] = ovs[g][k]
+            i, j = np.unravel_index(int(np.argmin(total)), total.shape)
+            if total[i, j] < best[4]:
+                best = (float(ef[i]), float(eb[j]), {g: float(pick[g][i, j]) for g in groups}, float(om),
+                        float(total[i, j]))
         # zoom around the best cell
         span_f = (hi_f - lo_f) / (steps - 1) * 2
         span_b = (hi_b - lo_b) / (steps - 1) * 2
-        span_o = (hi_o - lo_o) / (steps - 1) * 2
         span_w = (hi_w - lo_w) / max(w_steps - 1, 1) * 2
+        for g in groups:
+            span_o = (hi_o[g] - lo_o[g]) / (steps - 1) * 2
+            lo_o[g], hi_o[g] = max(0.0, best[2][g] - span_o), min(o_hi[g], best[2][g] + span_o)
         lf, lb = math.log(best[0]), math.log(best[1])
         lo_f, hi_f = max(math.log(ETA_MIN), lf - span_f), min(math.log(ETA_MAX), lf + span_f)
         lo_b, hi_b = max(math.log(ETA_MIN), lb - span_b), min(math.log(ETA_MAX), lb + span_b)
-        lo_o, hi_o = max(0.0, best[2] - span_o), min(o_hi, best[2] + span_o)
         lo_w, hi_w = max(0.0, best[3] - span_w), min(1.0, best[3] + span_w)
         steps, w_steps = REFINE_STEPS, REFINE_OVERLAP_STEPS
     return best
@@ -160,7 +177,8 @@ def relative_errors(predicted: np.ndarray, measured: np.ndarray) -> np.ndarray:
 
 def fit_efficiency(profile: Profile, gpu: str | GPUSpec, points: Iterable[CalibrationPoint],
                    *, source: str = "") -> Efficiency:
-    """Fit ``Efficiency`` (η_f, η_b, overhead per unit forward) of ``gpu`` to measured unit times.
+    """Fit ``Efficiency`` (η_f, η_b, overlap ω, and a fixed overhead per forward for each unit kind:
+    decoder layer, embedding, head) of ``gpu`` to measured unit times.
 
     Args:
         profile: the profile whose units the points refer to (its bytes and FLOPs are used; its own
@@ -181,16 +199,22 @@ def fit_efficiency(profile: Profile, gpu: str | GPUSpec, points: Iterable[Calibr
     _validate(profile, pts)
     comp, mem = _components(profile, spec, pts)
     meas = np.array([p.seconds for p in pts])
-    eta_f, eta_b, overhead, overlap, _ = _search(comp, mem, meas)
+    kinds = ("decoder", "embed", "head")
+    group = np.array([kinds.index(profile.units[p.unit].kind) for p in pts])
+    eta_f, eta_b, overheads, overlap, _ = _search(comp, mem, meas, group)
+    # a kind without points takes the decoder layers' overhead (or, without those, any fitted one)
+    overhead = overheads.get(0, next(iter(overheads.values())))
     c, m = comp / eta_f, mem / eta_b
-    pred = np.maximum(c, m) + overlap * np.minimum(c, m) + overhead
+    per_point = np.array([overheads.get(int(g), overhead) for g in group])
+    pred = np.maximum(c, m) + overlap * np.minimum(c, m) + per_point
     err = relative_errors(pred, meas)
     fit_error = {"all": float(np.median(err))}
     for phase in ("prefill", "decode"):
         sel = np.array([p.phase == phase for p in pts])
         if sel.any():
             fit_error[phase] = float(np.median(err[sel]))
-    return Efficiency(compute=eta_f, memory=eta_b, overhead_s=overhead, overlap=overlap, fit_error=fit_error,
+    return Efficiency(compute=eta_f, memory=eta_b, overhead_s=overhead, embed_overhead_s=overheads.get(1),
+                      head_overhead_s=overheads.get(2), overlap=overlap, fit_error=fit_error,
                       points=len(pts),
                       source=source or f"fit to {len(pts)} points")
 
@@ -214,3 +238,32 @@ def predict_points(profile: Profile, gpu: str | GPUSpec, points: Sequence[Calibr
     for k, p in enumerate(points):
         out[k] = float(cm.unit_times(1, p.phase, p.tokens, p.context)[p.unit])
     return out
+
+
+def held_out_errors(fitted: Efficiency, measured: Profile, gpu: str) -> dict[str, Any]:
+    """Predict every measured point of ``measured`` (another model, same GPU kind) with its analytic
+    profile calibrated by ``fitted``; the median |predicted / measured − 1| per phase, per unit kind
+    and phase, and the points themselves (unit, kind, phase, tokens, context, measured s, predicted s).
+    """
+    # the measured profile's own bytes and FLOPs, without its measured points: the analytic model
+    units = [u.model_copy(update={"measured": []}) for u in measured.units]
+    base = measured.model_copy(update={"kind": "analytic", "calibration": {}, "units": units})
+    cal = apply_calibration(base, gpu, fitted)
+    pts = points_from_profile(measured)
+    meas = np.array([p.seconds for p in pts])
+    pred = predict_points(cal, gpu, pts)
+    err = relative_errors(pred, meas)
+    kinds = [measured.units[p.unit].kind for p in pts]
+    out: dict[str, Any] = {"phase": {}, "kind_phase": {}, "points": []}
+    for phase in ("prefill", "decode"):
+        sel = [k for k, p in enumerate(pts) if p.phase == phase]
+        if sel:
+            out["phase"][phase] = float(np.median(err[sel]))
+        for kind in ("embed", "decoder", "head"):
+            ks = [k for k in sel if kinds[k] == kind]
+            if ks:
+                out["kind_phase"][f"{kind} {phase}"] = float(np.median(err[ks]))
+    out["points"] = [(p.unit, kinds[k], p.phase, p.tokens, p.context, float(meas[k]), float(pred[k]))
+                     for k, p in enumerate(pts)]
+    return out
+

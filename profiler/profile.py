@@ -113,12 +113,23 @@ class Efficiency(BaseModel):
     compute: float = Field(gt=0, le=100, description="achieved / catalog peak FLOP/s (> 1 only where the "
                            "catalog's peak is nominal, as for the CPU pseudo-device)")
     memory: float = Field(gt=0, le=100, description="achieved / catalog HBM bandwidth (> 1: nominal catalog figure)")
-    overhead_s: float = Field(ge=0, description="fixed time per unit per forward, seconds")
+    overhead_s: float = Field(ge=0, description="fixed time per decoder layer per forward, seconds (kernel "
+                              "launches and dispatch: an eager decoder layer launches tens of kernels)")
+    embed_overhead_s: float | None = Field(None, ge=0, description="fixed time per embedding forward, seconds "
+                                           "(one gather); None: the same as overhead_s")
+    head_overhead_s: float | None = Field(None, ge=0, description="fixed time per final norm + LM head forward, "
+                                          "seconds; None: the same as overhead_s")
     overlap: float = Field(0.0, ge=0, le=1, description="share of the smaller of compute and memory time that "
                            "does not hide under the larger (0 = ideal roofline, 1 = no overlap)")
     fit_error: dict[str, float] = Field(default_factory=dict, description="median relative error per phase")
     points: int = 0
     source: str = ""
+
+
+    def overhead_of(self, kind: str) -> float:
+        """Fixed seconds per forward of a unit of ``kind`` ('embed', 'decoder', 'head')."""
+        own = {"embed": self.embed_overhead_s, "head": self.head_overhead_s}.get(kind)
+        return self.overhead_s if own is None else own
 
 
 class Profile(BaseModel):

@@ -22,8 +22,8 @@ from profiler.profile import Efficiency, MeasuredPoint, ProfileError, load_profi
 TRUE = Efficiency(compute=0.3, memory=0.05, overhead_s=2e-4)
 
 
-def _synthetic_points(model: str) -> list[CalibrationPoint]:
-    prof = apply_calibration(analytic_profile(model_spec(model)), "CPU", TRUE)
+def _synthetic_points(model: str, true: Efficiency = TRUE) -> list[CalibrationPoint]:
+    prof = apply_calibration(analytic_profile(model_spec(model)), "CPU", true)
     cm = CostModel(prof, get_gpu("CPU"))
     pts = []
     for phase, shapes in (("prefill", [(n, n) for n in (16, 64, 256, 1024)]),
@@ -47,6 +47,26 @@ def test_fit_recovers_known_factors_and_predicts_another_model() -> None:
     pred = predict_points(cal, "CPU", other)
     meas = np.array([p.seconds for p in other])
     assert np.median(np.abs(pred / meas - 1)) < 0.15
+
+
+def test_fit_recovers_an_overhead_per_unit_kind() -> None:
+    """Eager decoder layers launch tens of kernels, an embedding one: one overhead for all units could
+    not fit both (the H100 profiles need ~0.8 ms per 8B layer and ~20 µs per embedding)."""
+    true = Efficiency(compute=0.5, memory=0.7, overhead_s=8e-4, embed_overhead_s=2e-5, head_overhead_s=1e-4,
+                      overlap=0.3)
+    pts = _synthetic_points("tiny-llama", true)
+    eff = fit_efficiency(analytic_profile(model_spec("tiny-llama")), "CPU", pts)
+    assert eff.fit_error["all"] < 0.02
+    assert eff.overhead_s == pytest.approx(8e-4, rel=0.1)
+    assert eff.overhead_of("embed") == pytest.approx(2e-5, rel=0.25)
+    assert eff.overhead_of("head") == pytest.approx(1e-4, rel=0.25)
+    other = _synthetic_points("llama-3.1-8b", true)  # same kinds of unit, other sizes
+    cal = apply_calibration(analytic_profile(model_spec("llama-3.1-8b")), "CPU", eff)
+    meas = np.array([p.seconds for p in other])
+    assert np.median(np.abs(predict_points(cal, "CPU", other) / meas - 1)) < 0.05
+    # an Efficiency without per-kind figures (stored before they existed) uses overhead_s for all
+    old = Efficiency(compute=0.5, memory=0.7, overhead_s=8e-4)
+    assert old.overhead_of("embed") == old.overhead_of("head") == 8e-4
 
 
 def test_fit_rejects_bad_points() -> None:
