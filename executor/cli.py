@@ -90,7 +90,7 @@ def run(
     node_rank: Annotated[int, typer.Option(help="this host's index (0 holds rank 0 and the results)")] = 0,
     rdzv_endpoint: Annotated[str | None, typer.Option(help="node 0's HOST:PORT (needed with --nnodes > 1)")] = None,
     run_id: Annotated[str | None, typer.Option(help="a name shared by the hosts of one run")] = None,
-    run_dir: Annotated[Path | None, typer.Option(help="keep rank logs and raw results here")] = None,
+    run_dir: Annotated[Path | None, typer.Option(help="keep rank logs, raw and reference outputs here")] = None,
     partition: Annotated[str | None, typer.Option(help="run another cut: decoder layers per stage, e.g. 1,3 "
                                                        "(not stored as a measurement of the plan)")] = None,
     check: Annotated[bool, typer.Option(help="compare with the unsplit model")] = True,
