@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from profiler.analytic import analytic_profile, model_spec
-from profiler.calibrate import apply_calibration, fit_efficiency, points_from_profile, predict_points
+from profiler.calibrate import fit_efficiency, held_out_errors, points_from_profile, predict_points
 from profiler.configs import load_model_config
 from profiler.measure import ProfileGrid, run_profile
 from profiler.profile import Profile
@@ -84,38 +84,33 @@ def main() -> None:
         print(f"fit on small-a: η_compute {eff.compute:.4f}, η_memory {eff.memory:.4f}, overhead "
               f"{eff.overhead_s * 1e6:.1f} µs, overlap ω {eff.overlap:.2f}; fit error (median) "
               + ", ".join(f"{k} {v:.1%}" for k, v in eff.fit_error.items()))
+        res = held_out_errors(eff, b, "CPU")  # small-b's own bytes and FLOPs, calibrated by small-a
         default = analytic_profile(model_spec(cfgs["small-b"]), "bf16", "bf16")
-        cal = apply_calibration(default, "CPU", eff)
         pts = points_from_profile(b)
         meas = np.array([p.seconds for p in pts])
-        pred = predict_points(cal, "CPU", pts)
         pred_default = predict_points(default, "CPU", pts)
         print(f"\n{'unit':>4} {'kind':>7} {'phase':>7} {'tokens':>6} {'ctx':>5} {'measured ms':>11} "
               f"{'predicted ms':>12} {'error':>7}")
-        kinds = {u.index: u.kind for u in b.units}
-        rows: dict[tuple[str, str], list[float]] = {}
         seen = set()
-        for p, m, q in zip(pts, meas, pred, strict=True):
-            err = q / m - 1
-            rows.setdefault((kinds[p.unit], p.phase), []).append(abs(err))
-            key = (b.units[p.unit].signature, p.phase, p.tokens, p.context)
+        for unit, kind, phase, tokens, ctx, m, q in res["points"]:
+            key = (b.units[unit].signature, phase, tokens, ctx)
             if key in seen:
                 continue
             seen.add(key)
-            print(f"{p.unit:>4} {kinds[p.unit]:>7} {p.phase:>7} {p.tokens:>6} {p.context:>5} {m * 1e3:>11.3f} "
-                  f"{q * 1e3:>12.3f} {err:>+7.1%}")
+            print(f"{unit:>4} {kind:>7} {phase:>7} {tokens:>6} {ctx:>5} {m * 1e3:>11.3f} {q * 1e3:>12.3f} "
+                  f"{q / m - 1:>+7.1%}")
         print("\nmedian |error| predicting small-b with small-a's calibration (uncalibrated catalog figures):")
         for phase in ("prefill", "decode"):
             sel = [k for k, p in enumerate(pts) if p.phase == phase]
-            e = np.abs(pred[sel] / meas[sel] - 1)
             e0 = np.abs(pred_default[sel] / meas[sel] - 1)
-            dec = [k for k in sel if kinds[pts[k].unit] == "decoder"]
-            ed = np.abs(pred[dec] / meas[dec] - 1)
-            print(f"  {phase:>7}: all units {np.median(e):.1%} ({np.median(e0):.1%}); decoder layers "
-                  f"{np.median(ed):.1%}")
-        for (kind, phase), errs in sorted(rows.items()):
-            print(f"  {kind:>7} {phase:>7}: {statistics.median(errs):.1%} over {len(errs)} point(s)")
-
+            print(f"  {phase:>7}: all units {res['phase'][phase]:.1%} ({np.median(e0):.1%}); decoder layers "
+                  f"{res['kind_phase'][f'decoder {phase}']:.1%}")
+        counts: dict[str, int] = {}
+        for _, kind, phase, *_rest in res["points"]:
+            counts[f"{kind} {phase}"] = counts.get(f"{kind} {phase}", 0) + 1
+        for key, err in sorted(res["kind_phase"].items()):
+            kind, phase = key.split()
+            print(f"  {kind:>7} {phase:>7}: {err:.1%} over {counts[key]} point(s)")
 
 if __name__ == "__main__":
     main()

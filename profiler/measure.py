@@ -489,14 +489,16 @@ class _Ctx:
     def module(self, name: str) -> nn.Module:
         return self.model.get_submodule(name)
 
-    def rope(self, h: torch.Tensor, pos: torch.Tensor, layer: int) -> Any:
-        """(cos, sin) for decoder ``layer``; models with one rotary table per layer type (Gemma 3:
-        local and global bases) take the layer's type."""
-        if self.rotary is None:
-            return None
-        if "layer_type" in inspect.signature(type(self.rotary).forward).parameters:
-            return self.rotary(h, pos, self.hf.layer_types[layer])
-        return self.rotary(h, pos)
+    def rope_for(self, layer: int) -> Callable[[torch.Tensor, torch.Tensor], Any]:
+        """``(h, pos) -> (cos, sin)`` for decoder ``layer``, resolved once outside the timed forward;
+        models with one rotary table per layer type (Gemma 3: local and global bases) take the type."""
+        rotary = self.rotary
+        if rotary is None:
+            return lambda h, pos: None
+        if "layer_type" in inspect.signature(type(rotary).forward).parameters:
+            kind = self.hf.layer_types[layer]
+            return lambda h, pos: rotary(h, pos, kind)
+        return lambda h, pos: rotary(h, pos)
 
 
 def _rotary(model: nn.Module, hf: Any, dev: _Device) -> nn.Module | None:
@@ -543,9 +545,12 @@ def _measure_decoder(ctx: _Ctx, unit: UnitCost, grid: ProfileGrid, points_left: 
     def hidden_states(batch: int, n: int) -> torch.Tensor:
         return torch.randn(batch, n, hidden, generator=gen).to(device=dev, dtype=ctx.dtype)
 
+    rope = ctx.rope_for(layer_i)
+    cache_kw = next(iter(cache_kwargs(mod, None)))  # the keyword, resolved outside the timed forward
+
     def forward(h: torch.Tensor, pos: torch.Tensor, cache: Any, mask: Any) -> torch.Tensor:
-        out = mod(h, attention_mask=mask, position_ids=pos, use_cache=True,
-                  position_embeddings=ctx.rope(h, pos, layer_i), **cache_kwargs(mod, cache))
+        out = mod(h, attention_mask=mask, position_ids=pos, use_cache=True, position_embeddings=rope(h, pos),
+                  **{cache_kw: cache})
         return _first_tensor(out)
 
     _materialise([mod], ctx.dev, ctx.dtype)
