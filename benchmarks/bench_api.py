@@ -25,7 +25,7 @@ from typing import Any
 
 import httpx
 
-from api.liveserver import HOST, live_server
+from ppplan.api.liveserver import HOST, live_server
 
 MODEL = "llama-3.1-8b"
 
@@ -69,8 +69,10 @@ def _pct(xs: list[float], q: float) -> float:
 
 
 def _report(name: str, ms: list[float]) -> str:
-    return (f"{name:<28} n={len(ms):<5} p50 {statistics.median(ms):7.2f} ms  p99 {_pct(ms, 0.99):7.2f} ms  "
-            f"max {max(ms):7.2f} ms")
+    return (
+        f"{name:<28} n={len(ms):<5} p50 {statistics.median(ms):7.2f} ms  p99 {_pct(ms, 0.99):7.2f} ms  "
+        f"max {max(ms):7.2f} ms"
+    )
 
 
 async def _load(base: str, bodies: list[dict[str, Any]], clients: int) -> tuple[float, list[float]]:
@@ -96,7 +98,7 @@ async def _load(base: str, bodies: list[dict[str, Any]], clients: int) -> tuple[
 
 def bench(label: str, url: str, n: int, clients: int) -> list[str]:
     """Run the three measurements on ``url``; returns report lines."""
-    from profiler.analytic import analytic_profile, model_spec
+    from ppplan.profiler.analytic import analytic_profile, model_spec
 
     prof = analytic_profile(model_spec(MODEL)).model_dump(mode="json")
     lines = [f"== {label}"]
@@ -130,8 +132,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("-n", type=int, default=200, help="requests per sequential measurement (load: 2n)")
     ap.add_argument("--concurrency", type=int, default=16, help="clients in the throughput run")
-    ap.add_argument("--postgres-admin-url", default=os.environ.get("PPPLAN_TEST_POSTGRES_URL"),
-                    help="PostgreSQL URL allowed to CREATE DATABASE (default $PPPLAN_TEST_POSTGRES_URL)")
+    ap.add_argument(
+        "--postgres-admin-url",
+        default=os.environ.get("PPPLAN_TEST_POSTGRES_URL"),
+        help="PostgreSQL URL allowed to CREATE DATABASE (default $PPPLAN_TEST_POSTGRES_URL)",
+    )
     args = ap.parse_args()
     if not 1 <= args.n <= 5000 or not 1 <= args.concurrency <= 256:
         ap.error("-n must be 1..5000 and --concurrency 1..256")

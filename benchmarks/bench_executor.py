@@ -17,11 +17,11 @@ import statistics
 import time
 from typing import Any
 
-from executor.calibration import fit_stage_measurements, predict_stage_seconds, profile_for_plan
-from executor.run import run_plan
-from executor.store import store_rows
-from partitioner.request import PlanRequest
-from partitioner.search import plan_model
+from ppplan.executor.calibration import fit_stage_measurements, predict_stage_seconds, profile_for_plan
+from ppplan.executor.report import store_rows
+from ppplan.executor.run import run_plan
+from ppplan.partitioner.request import PlanRequest
+from ppplan.profiler.resolve import plan_request
 
 #: the fitted run: the plan's own workload
 FIT_WORKLOAD = {"prompt_tokens": 32, "output_tokens": 16, "concurrency": 8}
@@ -46,7 +46,7 @@ def _errors(plan: dict[str, Any], profile: Any, report: dict[str, Any]) -> list[
 
 def bench(model: str, pp: int) -> dict[str, Any]:
     req = PlanRequest(model=model, gpus=f"{pp}xCPU", pp=pp, tp=1, **FIT_WORKLOAD)
-    plan = plan_model(req).model_dump(mode="json")
+    plan = plan_request(req).model_dump(mode="json")
     t0 = time.perf_counter()
     fit_run = run_plan(plan)
     held = run_plan(plan, **HELD_OUT)
@@ -56,16 +56,22 @@ def bench(model: str, pp: int) -> dict[str, Any]:
     base = profile_for_plan(plan)
     rows = store_rows(fit_run, "fit")
     cal, eff, npts = fit_stage_measurements(plan, rows, base, source="bench_executor")
-    replanned = plan_model(req, cal).model_dump(mode="json")
+    replanned = plan_request(req, cal).model_dump(mode="json")
     res = {
-        "model": model, "pp": pp, "partition": plan["partition"], "replanned": replanned["partition"],
+        "model": model,
+        "pp": pp,
+        "partition": plan["partition"],
+        "replanned": replanned["partition"],
         "check": (fit_run["check"]["passed"], held["check"]["passed"]),
         "max_logit_diff": max(fit_run["check"]["logits_max_abs_diff"], held["check"]["logits_max_abs_diff"]),
         "before_in": statistics.median(_errors(plan, base, fit_run)),
         "after_in": statistics.median(_errors(plan, cal, fit_run)),
         "before_held": statistics.median(_errors(plan, base, held)),
         "after_held": statistics.median(_errors(plan, cal, held)),
-        "eff": eff, "points": npts, "run_s": wall, "report": fit_run,
+        "eff": eff,
+        "points": npts,
+        "run_s": wall,
+        "report": fit_run,
     }
     return res
 
@@ -75,25 +81,32 @@ def main() -> None:
     ap.add_argument("--models", nargs="+", default=["tiny-llama", "tiny-moe"])
     ap.add_argument("--pp", type=int, default=2)
     args = ap.parse_args()
-    print(f"executor benchmark on CPU ranks (gloo), PP {args.pp}; fit workload {FIT_WORKLOAD}, "
-          f"held-out run {HELD_OUT}")
+    print(f"executor benchmark on CPU ranks (gloo), PP {args.pp}; fit workload {FIT_WORKLOAD}, held-out run {HELD_OUT}")
     worst = 0.0
     for m in args.models:
         r = bench(m, args.pp)
-        print(f"\n{m}: partition {r['partition']}, check passed {r['check']} (max |Δlogit| "
-              f"{r['max_logit_diff']:.1e}), two runs in {r['run_s']:.1f} s")
+        print(
+            f"\n{m}: partition {r['partition']}, check passed {r['check']} (max |Δlogit| "
+            f"{r['max_logit_diff']:.1e}), two runs in {r['run_s']:.1f} s"
+        )
         print("  stage  decode ms pred/meas   prefill ms/prompt pred/meas   wait s pre/dec   sent KiB")
         for st in r["report"]["stages"]:
             p, me = st["predicted"], st["measured"]
             sent = (me["prefill"]["bytes_sent"] + me["decode"]["bytes_sent"]) / 1024
-            print(f"  {st['index']:>5}  {p['decode_ms']:8.3f} / {me['decode_ms']:7.3f}   "
-                  f"{p['prefill_ms']:13.3f} / {me['prefill_ms']:7.3f}       "
-                  f"{me['prefill']['wait_s']:.3f}/{me['decode']['wait_s']:.3f}   {sent:8.1f}")
+            print(
+                f"  {st['index']:>5}  {p['decode_ms']:8.3f} / {me['decode_ms']:7.3f}   "
+                f"{p['prefill_ms']:13.3f} / {me['prefill_ms']:7.3f}       "
+                f"{me['prefill']['wait_s']:.3f}/{me['decode']['wait_s']:.3f}   {sent:8.1f}"
+            )
         e = r["eff"]
-        print(f"  fit: η compute {e.compute:.4g}, η memory {e.memory:.4g}, overhead {e.overhead_s * 1e6:.1f} µs "
-              f"per unit forward ({r['points']} unit points)")
-        print(f"  median |error| of stage times: uncalibrated {r['before_in']:.1%} → calibrated {r['after_in']:.1%} "
-              f"(fitted run); held-out run {r['before_held']:.1%} → {r['after_held']:.1%}")
+        print(
+            f"  fit: η compute {e.compute:.4g}, η memory {e.memory:.4g}, overhead {e.overhead_s * 1e6:.1f} µs "
+            f"per unit forward ({r['points']} unit points)"
+        )
+        print(
+            f"  median |error| of stage times: uncalibrated {r['before_in']:.1%} → calibrated {r['after_in']:.1%} "
+            f"(fitted run); held-out run {r['before_held']:.1%} → {r['after_held']:.1%}"
+        )
         print(f"  replanned with the calibrated profile: {r['partition']} → {r['replanned']}")
         worst = max(worst, r["after_held"])
     verdict = "within" if worst <= TARGET else "OUTSIDE"

@@ -20,11 +20,21 @@ import time
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-from partitioner.request import PlanRequest
-from partitioner.search import InfeasibleError, plan_model
+from ppplan.partitioner.request import PlanRequest
+from ppplan.partitioner.search import InfeasibleError
+from ppplan.profiler.resolve import plan_request
 
-MODELS = ["llama-3.1-8b", "llama-3.1-70b", "llama-3.1-405b", "qwen2.5-72b", "mixtral-8x7b", "deepseek-v3",
-          "kimi-k2", "gpt-oss-120b", "gemma-3-27b"]
+MODELS = [
+    "llama-3.1-8b",
+    "llama-3.1-70b",
+    "llama-3.1-405b",
+    "qwen2.5-72b",
+    "mixtral-8x7b",
+    "deepseek-v3",
+    "kimi-k2",
+    "gpt-oss-120b",
+    "gemma-3-27b",
+]
 DTYPE = {"deepseek-v3": "fp8", "kimi-k2": "int4"}  # the checkpoints' own precision class
 
 
@@ -36,36 +46,40 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeat", type=int, default=5)
     args = ap.parse_args()
-    print(f"{'model':16} {'GPUs':>5} {'ms(med)':>8} {'cuts':>5} {'TPxPPxR':>9} {'tok/s':>8} "
-          f"{'vLLM':>7} {'SGLang':>7} {'TRT':>7}  partition")
+    print(
+        f"{'model':16} {'GPUs':>5} {'ms(med)':>8} {'cuts':>5} {'TPxPPxR':>9} {'tok/s':>8} "
+        f"{'vLLM':>7} {'SGLang':>7} {'TRT':>7}  partition"
+    )
     pinned_rows = []
     for model in MODELS:
         wd = DTYPE.get(model, "bf16")
         for g in (8, 16, 64):
             req = PlanRequest(model=model, gpus=f"{g}xH100", weight_dtype=wd)
             try:
-                plan_model(req)  # warm: loads the model description once
+                plan_request(req)  # warm: loads the model description once
             except InfeasibleError:
                 print(f"{model:16} {g:5} does not fit in {wd}")
                 continue
             times = []
             for _ in range(args.repeat):
                 t0 = time.perf_counter()
-                p = plan_model(req)
+                p = plan_request(req)
                 times.append((time.perf_counter() - t0) * 1e3)
             d = p.degrees
             bl = {b.engine: b for b in p.baselines}
             part = ",".join(map(str, p.partition)) if len(p.partition) <= 8 else f"{len(p.partition)} stages"
-            print(f"{model:16} {g:5} {statistics.median(times):8.1f} {p.provenance.configs_evaluated:5} "
-                  f"{f'{d.tp}x{d.pp}x{d.replicas}':>9} {p.metrics.throughput_tokens_per_s:8.0f} "
-                  f"{_gain(bl['vllm']):>7} {_gain(bl['sglang']):>7} {_gain(bl['trtllm']):>7}  {part}")
+            print(
+                f"{model:16} {g:5} {statistics.median(times):8.1f} {p.provenance.configs_evaluated:5} "
+                f"{f'{d.tp}x{d.pp}x{d.replicas}':>9} {p.metrics.throughput_tokens_per_s:8.0f} "
+                f"{_gain(bl['vllm']):>7} {_gain(bl['sglang']):>7} {_gain(bl['trtllm']):>7}  {part}"
+            )
             tp = 8 if model not in ("llama-3.1-8b", "gemma-3-27b") else 1
             pp = 1
             while tp * pp * 2 <= g and pp * 2 <= p.model.num_layers:
                 pp *= 2
             if pp > 1:
                 try:
-                    q = plan_model(PlanRequest(model=model, gpus=f"{g}xH100", weight_dtype=wd, tp=tp, pp=pp))
+                    q = plan_request(PlanRequest(model=model, gpus=f"{g}xH100", weight_dtype=wd, tp=tp, pp=pp))
                     pinned_rows.append((model, g, tp, pp, q))
                 except InfeasibleError:
                     pass
@@ -76,16 +90,20 @@ def main() -> None:
         kv = bl["vllm"].kv_capacity_gain
         part = ",".join(map(str, q.partition)) if pp <= 8 else f"first {q.partition[:3]} last {q.partition[-3:]}"
         vp = ",".join(map(str, bl["vllm"].partition)) if pp <= 8 else "equal"
-        print(f"{model:16} {g:5} {f'{tp}x{pp}':>6} {_gain(bl['vllm']):>7} {_gain(bl['sglang']):>7} "
-              f"{_gain(bl['trtllm']):>7} {f'{kv:+.1%}' if kv is not None else 'n/a':>10}  {part} / {vp}")
+        print(
+            f"{model:16} {g:5} {f'{tp}x{pp}':>6} {_gain(bl['vllm']):>7} {_gain(bl['sglang']):>7} "
+            f"{_gain(bl['trtllm']):>7} {f'{kv:+.1%}' if kv is not None else 'n/a':>10}  {part} / {vp}"
+        )
     req = PlanRequest(model="llama-3.1-405b", gpus="64xH100")
     times = []
     for _ in range(max(args.repeat, 10)):
         t0 = time.perf_counter()
-        plan_model(req)
+        plan_request(req)
         times.append((time.perf_counter() - t0) * 1e3)
-    print(f"\nLlama-3.1-405B on 64xH100 full search: median {statistics.median(times):.1f} ms, "
-          f"min {min(times):.1f} ms over {len(times)} runs (target < 100 ms on one core)")
+    print(
+        f"\nLlama-3.1-405B on 64xH100 full search: median {statistics.median(times):.1f} ms, "
+        f"min {min(times):.1f} ms over {len(times)} runs (target < 100 ms on one core)"
+    )
 
 
 if __name__ == "__main__":

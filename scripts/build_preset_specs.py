@@ -11,11 +11,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from profiler.analytic import SPEC_VERSION
-from profiler.configs import list_presets, load_model_config
-from profiler.models import describe_model
+from ppplan.profiler.analytic import SPEC_VERSION
+from ppplan.profiler.configs import list_presets, load_model_config
+from ppplan.profiler.models import describe_model
 
-OUT = Path(__file__).resolve().parent.parent / "profiler" / "presets" / "specs"
+OUT = Path(__file__).resolve().parent.parent / "ppplan" / "profiler" / "presets" / "specs"
 
 
 def main() -> None:

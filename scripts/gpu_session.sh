@@ -35,7 +35,7 @@ if compgen -G ".whl/*.whl" >/dev/null; then
 else
   export PYTHONPATH="$PWD"
 fi
-ppplan() { python3 -c 'import sys; sys.argv[0] = "ppplan"; from api.cli import main; main()' "$@"; }
+ppplan() { python3 -c 'import sys; sys.argv[0] = "ppplan"; from ppplan.api.cli import main; main()' "$@"; }
 step() {  # step NAME TIMEOUT_S CMD...: run with a timeout, report rc and seconds, never stop the session
   local name=$1 limit=$2 start=$SECONDS rc
   shift 2
@@ -56,7 +56,7 @@ export -f ppplan
   if [[ "$DEVICE" == cpu ]]; then
     GPU=CPU
   else
-    GPU="$(python3 -c 'import torch; from profiler.measure import resolve_cuda_gpu; print(resolve_cuda_gpu(torch.cuda.get_device_name()).name)')" \
+    GPU="$(python3 -c 'import torch; from ppplan.profiler.measure import resolve_cuda_gpu; print(resolve_cuda_gpu(torch.cuda.get_device_name()).name)')" \
       || { echo "error: no CUDA GPU the catalog knows"; exit 2; }
     if [[ "$RUN_TEST" == 1 ]]; then
       step "CUDA test" 150 python3 -m pytest -q -m gpu tests/test_profiler_measure.py -p no:cacheprovider

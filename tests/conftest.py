@@ -60,7 +60,7 @@ def _pg_database(admin_url: str) -> Iterator[str]:
     from sqlalchemy import create_engine, text
     from sqlalchemy.engine import make_url
 
-    from api.store.engine import dispose_engine
+    from ppplan.api.store.engine import dispose_engine
 
     name = f"ppplan_test_{uuid.uuid4().hex[:12]}"
     admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
@@ -85,7 +85,7 @@ def pg_url(pg_admin_url: str) -> Iterator[str]:
 @pytest.fixture
 def sqlite_url(tmp_path: Path) -> Iterator[str]:
     """A fresh, empty SQLite file."""
-    from api.store.engine import dispose_engine
+    from ppplan.api.store.engine import dispose_engine
 
     url = f"sqlite:///{tmp_path / 'ppplan.db'}"
     yield url
@@ -102,7 +102,7 @@ def empty_db_url(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def db_url(empty_db_url: str) -> str:
     """A database of each kind, migrated to head."""
-    from api.store.migrate import upgrade
+    from ppplan.api.store.migrate import upgrade
 
     upgrade(empty_db_url)
     return empty_db_url
@@ -111,7 +111,7 @@ def db_url(empty_db_url: str) -> str:
 @pytest.fixture
 def session(db_url: str) -> Iterator[object]:
     """A session on ``db_url``."""
-    from api.store.engine import session_scope
+    from ppplan.api.store.engine import session_scope
 
     with session_scope(db_url) as s:
         yield s
@@ -122,8 +122,8 @@ def client(db_url: str) -> Iterator[object]:
     """A TestClient on a service backed by ``db_url``."""
     from fastapi.testclient import TestClient
 
-    from api.app import create_app
-    from api.settings import Settings
+    from ppplan.api.app import create_app
+    from ppplan.api.settings import Settings
 
     with TestClient(create_app(Settings(database_url=db_url))) as c:
         yield c

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from partitioner.costmodel import CostModel, causal_pairs
-from profiler.analytic import analytic_profile, model_spec
-from profiler.dtypes import linear_weight_bytes
-from profiler.gpus import UnknownGPUError, get_gpu, list_gpus
-from profiler.profile import Profile
+from ppplan.core.costmodel import CostModel, causal_pairs
+from ppplan.core.dtypes import linear_weight_bytes
+from ppplan.core.gpus import UnknownGPUError, get_gpu, list_gpus
+from ppplan.core.profile import Profile
+from ppplan.profiler.analytic import analytic_profile, model_spec
 
 
 def test_linear_weight_bytes_include_scales() -> None:
@@ -98,7 +98,7 @@ def test_causal_pairs() -> None:
 
 
 def test_profile_round_trip(tmp_path) -> None:
-    from profiler.profile import load_profile
+    from ppplan.profiler.profile_file import load_profile
 
     prof = analytic_profile(model_spec("tiny-moe"))
     path = tmp_path / "p.json"

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from profiler.analytic import analytic_profile, model_spec
+from ppplan.profiler.analytic import analytic_profile, model_spec
 
 BODY = {"model": "llama-3.1-8b", "gpus": "4xH100"}
 
@@ -24,8 +24,15 @@ def test_health_and_docs(client: TestClient) -> None:
     assert r.status_code == 200 and r.json()["status"] == "ok"
     assert client.get("/docs").status_code == 200
     paths = client.get("/openapi.json").json()["paths"]
-    assert {"/v1/plans", "/v1/plans/{plan_id}", "/v1/plans/{plan_id}/export/{fmt}", "/v1/profiles",
-            "/v1/plans/{plan_id}/measurements", "/v1/jobs/{job_id}", "/healthz"} <= set(paths)
+    assert {
+        "/v1/plans",
+        "/v1/plans/{plan_id}",
+        "/v1/plans/{plan_id}/export/{fmt}",
+        "/v1/profiles",
+        "/v1/plans/{plan_id}/measurements",
+        "/v1/jobs/{job_id}",
+        "/healthz",
+    } <= set(paths)
 
 
 def test_create_fetch_list_plan(client: TestClient) -> None:
@@ -65,8 +72,11 @@ def test_list_filters_and_pagination(client: TestClient) -> None:
 def test_exports(client: TestClient) -> None:
     pid = _plan(client)["id"]
     r = client.get(f"/v1/plans/{pid}/export/vllm")
-    assert r.status_code == 200 and "VLLM_PP_LAYER_PARTITION=" in r.text and r.headers["content-type"].startswith(
-        "text/plain")
+    assert (
+        r.status_code == 200
+        and "VLLM_PP_LAYER_PARTITION=" in r.text
+        and r.headers["content-type"].startswith("text/plain")
+    )
     assert "SGLANG_PP_LAYER_PARTITION" in client.get(f"/v1/plans/{pid}/export/sglang").text
     assert "pp_partition" in str(client.get(f"/v1/plans/{pid}/export/trtllm").json())
     torch_stages = client.get(f"/v1/plans/{pid}/export/torch").json()
@@ -119,8 +129,19 @@ def test_delete_plan(client: TestClient) -> None:
 
 def test_measurements(client: TestClient) -> None:
     pid = _plan(client, pp=2, tp=1)["id"]
-    rows = [{"stage": k, "phase": "prefill", "compute_s": 0.05, "wait_s": 0.0, "bytes_sent": 4096,
-             "peak_bytes": 123, "tokens": 2048, "micro_batch_size": 1} for k in range(2)]
+    rows = [
+        {
+            "stage": k,
+            "phase": "prefill",
+            "compute_s": 0.05,
+            "wait_s": 0.0,
+            "bytes_sent": 4096,
+            "peak_bytes": 123,
+            "tokens": 2048,
+            "micro_batch_size": 1,
+        }
+        for k in range(2)
+    ]
     r = client.post(f"/v1/plans/{pid}/measurements", json={"run_id": "run-1", "rows": rows})
     assert r.status_code == 201, r.text
     assert r.json()["stored"] == 2 and {m["run_id"] for m in r.json()["data"]} == {"run-1"}

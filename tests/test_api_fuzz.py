@@ -10,9 +10,9 @@ import pytest
 schemathesis = pytest.importorskip("schemathesis", reason="schemathesis is in the dev extras")
 from hypothesis import HealthCheck, settings  # noqa: E402
 
-from api.app import create_app  # noqa: E402
-from api.settings import Settings  # noqa: E402
-from api.store.migrate import upgrade  # noqa: E402
+from ppplan.api.app import create_app  # noqa: E402
+from ppplan.api.settings import Settings  # noqa: E402
+from ppplan.api.store.migrate import upgrade  # noqa: E402
 
 pytestmark = pytest.mark.slow
 EXAMPLES = int(os.environ.get("PPPLAN_FUZZ_EXAMPLES", "40"))
@@ -29,5 +29,6 @@ schema = schemathesis.openapi.from_asgi("/openapi.json", app)
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
 def test_no_server_error(case: schemathesis.Case) -> None:
     response = case.call()
-    assert response.status_code < 500, f"{case.method} {case.formatted_path} -> {response.status_code}: " \
-                                       f"{response.text[:500]}"
+    assert response.status_code < 500, (
+        f"{case.method} {case.formatted_path} -> {response.status_code}: {response.text[:500]}"
+    )

@@ -21,13 +21,13 @@ from typing import Any
 import httpx
 import pytest
 
-from api.liveserver import live_server as start_live_server
-from partitioner.plan import Plan
-from partitioner.request import PlanRequest
-from partitioner.search import plan_model
+from ppplan.api.liveserver import live_server as start_live_server
+from ppplan.partitioner.plan import Plan
+from ppplan.partitioner.request import PlanRequest
+from ppplan.profiler.resolve import plan_request
 
 pytestmark = pytest.mark.slow
-CLI = [sys.executable, "-c", "from api.cli import main; main()"]
+CLI = [sys.executable, "-c", "from ppplan.api.cli import main; main()"]
 
 
 @pytest.fixture
@@ -43,8 +43,11 @@ def live_server(db_url: str, tmp_path: Path) -> Iterator[str]:
 
 
 def _requests() -> list[dict[str, Any]]:
-    distinct = [{"model": "llama-3.1-8b", "gpus": g, "concurrency": c}
-                for g in ("2xH100", "4xH100", "8xH100") for c in range(16, 216, 10)]  # 60 distinct
+    distinct = [
+        {"model": "llama-3.1-8b", "gpus": g, "concurrency": c}
+        for g in ("2xH100", "4xH100", "8xH100")
+        for c in range(16, 216, 10)
+    ]  # 60 distinct
     bad = [{"model": "llama-3.1-70b", "gpus": "1xL4", "concurrency": c} for c in range(1, 11)]  # infeasible
     out = distinct * 4 + bad  # 250 requests, each good one four times
     random.Random(7).shuffle(out)
@@ -81,7 +84,7 @@ def test_concurrent_plan_requests(live_server: str, db_url: str) -> None:
         for k, v in body.items():
             assert plan["request"][k] == v
         if key not in expected:
-            expected[key] = plan_model(PlanRequest(**body))
+            expected[key] = plan_request(PlanRequest(**body))
         want = expected[key]
         assert plan["degrees"] == want.degrees.model_dump(mode="json")
         assert plan["partition"] == want.partition
@@ -92,8 +95,8 @@ def test_concurrent_plan_requests(live_server: str, db_url: str) -> None:
     assert listing["count"] == 60 and {p["id"] for p in listing["data"]} == {next(iter(v)) for v in ids.values()}
     from sqlalchemy import func, select
 
-    from api.store.engine import session_scope
-    from api.store.models import PlanRequestRow, PlanRow
+    from ppplan.api.store.engine import session_scope
+    from ppplan.api.store.models import PlanRequestRow, PlanRow
 
     with session_scope(db_url) as s:
         assert s.scalar(select(func.count()).select_from(PlanRow)) == 60
@@ -107,16 +110,17 @@ def test_http_plan_is_listed_by_the_cli(live_server: str, db_url: str) -> None:
     assert r.status_code == 201
     pid = r.json()["id"]
     env = {**os.environ, "PPPLAN_DATABASE_URL": db_url}
-    out = subprocess.run([*CLI, "plans", "list", "--json"], env=env,
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run([*CLI, "plans", "list", "--json"], env=env, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert [p["id"] for p in json.loads(out.stdout)["data"]] == [pid]
-    out = subprocess.run([*CLI, "plans", "export", pid, "--format", "vllm"], env=env,
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [*CLI, "plans", "export", pid, "--format", "vllm"], env=env, capture_output=True, text=True, timeout=60
+    )
     assert out.returncode == 0 and "VLLM_PP_LAYER_PARTITION" in out.stdout
     # and the other way round: a CLI plan is served over HTTP
-    out = subprocess.run([*CLI, "plan", "llama-3.1-8b", "--gpus", "2xH100"], env=env,
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [*CLI, "plan", "llama-3.1-8b", "--gpus", "2xH100"], env=env, capture_output=True, text=True, timeout=60
+    )
     assert out.returncode == 0, out.stderr
     cli_id = out.stdout.strip().splitlines()[-1].split()[-1]
     assert httpx.get(f"{live_server}/v1/plans/{cli_id}").status_code == 200
@@ -126,14 +130,14 @@ _WRITER = textwrap.dedent("""
     import hashlib
     import sys
     import uuid
-    from api.store.engine import session_scope
-    from api.store import repo
-    from partitioner.request import PlanRequest
-    from partitioner.search import plan_model
+    from ppplan.api.store.engine import session_scope
+    from ppplan.api.store import repo
+    from ppplan.partitioner.request import PlanRequest
+    from ppplan.profiler.resolve import plan_request
 
     url = sys.argv[1]
     req = PlanRequest(model="llama-3.1-8b", gpus="4xH100", pp=2, tp=1)
-    plan = plan_model(req)
+    plan = plan_request(req)
     rows = [{"stage": k % 2, "phase": "decode", "compute_s": 0.001, "tokens": 8} for k in range(2000)]
     i, run = 0, uuid.uuid4().hex
     with session_scope(url) as s:
@@ -163,8 +167,9 @@ def test_killed_writer_leaves_a_consistent_database(db_url: str, tmp_path: Path)
         try:
             assert con.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
             assert con.execute("PRAGMA foreign_key_check").fetchall() == []
-            orphan_req = con.execute("SELECT count(*) FROM plan_requests r LEFT JOIN plans p ON p.request_id = r.id "
-                                     "WHERE p.id IS NULL").fetchone()[0]
+            orphan_req = con.execute(
+                "SELECT count(*) FROM plan_requests r LEFT JOIN plans p ON p.request_id = r.id WHERE p.id IS NULL"
+            ).fetchone()[0]
             assert orphan_req == 0, "a request row without its plan: a partial write survived"
             for (body,) in con.execute("SELECT body FROM plans"):
                 Plan.model_validate_json(body)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from partitioner.baselines import sglang_default, trtllm_default, vllm_default
+from ppplan.partitioner.baselines import sglang_default, trtllm_default, vllm_default
 
 
 def test_golden_61_on_8() -> None:

@@ -8,16 +8,17 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from partitioner.costmodel import CostModel
-from profiler.analytic import analytic_profile, model_spec
-from profiler.calibrate import (
+from ppplan.core.costmodel import CostModel
+from ppplan.core.gpus import get_gpu
+from ppplan.core.profile import Efficiency, MeasuredPoint, ProfileError
+from ppplan.profiler.analytic import analytic_profile, model_spec
+from ppplan.profiler.calibrate import (
     CalibrationPoint,
     apply_calibration,
     fit_efficiency,
     predict_points,
 )
-from profiler.gpus import get_gpu
-from profiler.profile import Efficiency, MeasuredPoint, ProfileError, load_profile
+from ppplan.profiler.profile_file import load_profile
 
 TRUE = Efficiency(compute=0.3, memory=0.05, overhead_s=2e-4)
 
@@ -26,12 +27,16 @@ def _synthetic_points(model: str, true: Efficiency = TRUE) -> list[CalibrationPo
     prof = apply_calibration(analytic_profile(model_spec(model)), "CPU", true)
     cm = CostModel(prof, get_gpu("CPU"))
     pts = []
-    for phase, shapes in (("prefill", [(n, n) for n in (16, 64, 256, 1024)]),
-                          ("decode", [(b, c) for b in (1, 8, 64) for c in (64, 512)])):
+    for phase, shapes in (
+        ("prefill", [(n, n) for n in (16, 64, 256, 1024)]),
+        ("decode", [(b, c) for b in (1, 8, 64) for c in (64, 512)]),
+    ):
         for tokens, ctx in shapes:
             t = cm.unit_times(1, phase, tokens, ctx)  # type: ignore[arg-type]
-            pts += [CalibrationPoint(unit=i, phase=phase, tokens=tokens, context=ctx, seconds=float(t[i]))  # type: ignore[arg-type]
-                    for i in range(len(t))]
+            pts += [
+                CalibrationPoint(unit=i, phase=phase, tokens=tokens, context=ctx, seconds=float(t[i]))  # type: ignore[arg-type]
+                for i in range(len(t))
+            ]
     return pts
 
 
@@ -52,8 +57,9 @@ def test_fit_recovers_known_factors_and_predicts_another_model() -> None:
 def test_fit_recovers_an_overhead_per_unit_kind() -> None:
     """Eager decoder layers launch tens of kernels, an embedding one: one overhead for all units could
     not fit both (the H100 profiles need ~0.8 ms per 8B layer and ~20 µs per embedding)."""
-    true = Efficiency(compute=0.5, memory=0.7, overhead_s=8e-4, embed_overhead_s=2e-5, head_overhead_s=1e-4,
-                      overlap=0.3)
+    true = Efficiency(
+        compute=0.5, memory=0.7, overhead_s=8e-4, embed_overhead_s=2e-5, head_overhead_s=1e-4, overlap=0.3
+    )
     pts = _synthetic_points("tiny-llama", true)
     eff = fit_efficiency(analytic_profile(model_spec("tiny-llama")), "CPU", pts)
     assert eff.fit_error["all"] < 0.02
@@ -80,15 +86,23 @@ def test_fit_rejects_bad_points() -> None:
 
 
 def test_cli_calibrate(tmp_path: Path) -> None:
-    import api.cli_profile  # noqa: F401  (registers calibrate)
-    from api.cli import app
+    from ppplan.api.cli import app
 
     # a measured profile with synthetic points (the measuring itself is tested elsewhere)
     ana = analytic_profile(model_spec("tiny-llama"))
     pts = _synthetic_points("tiny-llama")
-    units = [u.model_copy(update={"measured": [MeasuredPoint(phase=p.phase, tokens=p.tokens, context=p.context,
-                                                                time_s=p.seconds) for p in pts if p.unit == u.index]})
-             for u in ana.units]
+    units = [
+        u.model_copy(
+            update={
+                "measured": [
+                    MeasuredPoint(phase=p.phase, tokens=p.tokens, context=p.context, time_s=p.seconds)
+                    for p in pts
+                    if p.unit == u.index
+                ]
+            }
+        )
+        for u in ana.units
+    ]
     measured = ana.model_copy(update={"kind": "measured", "device": "CPU", "units": units})
     src = tmp_path / "m.json"
     src.write_text(measured.to_json())
@@ -105,8 +119,24 @@ def test_cli_calibrate(tmp_path: Path) -> None:
     assert r.exit_code == 0, r.output
     moe = load_profile(out2)
     assert moe.kind == "analytic" and moe.model.name == "tiny-moe" and "CPU" in moe.calibration
-    r = runner.invoke(app, ["plan", "tiny-moe", "--gpus", "2xCPU", "--profile", str(out2), "--no-save",
-                            "--prompt-tokens", "64", "--output-tokens", "16", "--concurrency", "4"])
+    r = runner.invoke(
+        app,
+        [
+            "plan",
+            "tiny-moe",
+            "--gpus",
+            "2xCPU",
+            "--profile",
+            str(out2),
+            "--no-save",
+            "--prompt-tokens",
+            "64",
+            "--output-tokens",
+            "16",
+            "--concurrency",
+            "4",
+        ],
+    )
     assert r.exit_code == 0, r.output
     # bad input: exit 2, no file
     for args in ([str(out2)], [str(src), "--gpu", "H100"], [str(tmp_path / "missing.json")]):

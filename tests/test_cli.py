@@ -10,9 +10,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from api.cli import _register_optional, app
+from ppplan.api.cli import app
 
-_register_optional()
 runner = CliRunner()
 
 
@@ -115,16 +114,21 @@ def test_models_gpus_profile(tmp_path: Path) -> None:
 
 
 def test_console_script_runs_without_torch() -> None:
-    code = ("import sys, api.cli as c; sys.argv=['ppplan','plan','llama-3.1-70b','--gpus','8xH100','--no-save'];"
-            "\ntry:\n    c.main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
-            "assert 'torch' not in sys.modules, 'planning a preset must not import torch'")
+    code = (
+        "import sys, ppplan.api.cli as c; sys.argv=['ppplan','plan','llama-3.1-70b','--gpus','8xH100','--no-save'];"
+        "\ntry:\n    c.main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+        "assert 'torch' not in sys.modules, 'planning a preset must not import torch'"
+    )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     assert "TP" in res.stdout
 
 
 def test_partitioner_is_pure() -> None:
-    code = "import partitioner.dp, partitioner.search, partitioner.costmodel, sys; assert 'torch' not in sys.modules"
+    code = (
+        "import ppplan.partitioner.dp, ppplan.partitioner.search, ppplan.core.costmodel, sys;"
+        "assert 'torch' not in sys.modules"
+    )
     assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0
 
 
@@ -133,8 +137,9 @@ def test_partition_cpsat_and_heterogeneous(tmp_path: Path) -> None:
     costs.write_text(json.dumps({"time": [1, 2, 3, 4, 5, 6], "memory": [1, 1, 1, 1, 1, 1]}))
     outs = []
     for solver in ("dp", "cpsat"):
-        code, stdout, _ = run("partition", "--costs", str(costs), "--stages", "3", "--solver", solver,
-                              "--stage-speed", "1,1,2", "--json")
+        code, stdout, _ = run(
+            "partition", "--costs", str(costs), "--stages", "3", "--solver", solver, "--stage-speed", "1,1,2", "--json"
+        )
         assert code == 0, stdout
         outs.append(json.loads(stdout))
     assert outs[0]["bottleneck"] == pytest.approx(outs[1]["bottleneck"], rel=1e-5)
@@ -147,8 +152,10 @@ def test_partition_cpsat_and_heterogeneous(tmp_path: Path) -> None:
 
 def test_validate_command(tmp_path: Path) -> None:
     out = tmp_path / "p.json"
-    assert run("plan", "llama-3.1-8b", "--gpus", "4xH100", "--tp", "1", "--pp", "4", "--json", str(out),
-               "--no-save")[0] == 0
+    assert (
+        run("plan", "llama-3.1-8b", "--gpus", "4xH100", "--tp", "1", "--pp", "4", "--json", str(out), "--no-save")[0]
+        == 0
+    )
     code, stdout, _ = run("validate", str(out))
     assert code == 0 and "consistent" in stdout
     data = json.loads(out.read_text())

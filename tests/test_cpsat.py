@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings
 
-from partitioner.cpsat import TIME_RESOLUTION, solve_partition_cpsat
-from partitioner.dp import PartitionProblem, solve_partition
+from ppplan.partitioner.cpsat import TIME_RESOLUTION, solve_partition_cpsat
+from ppplan.partitioner.dp import PartitionProblem, solve_partition
 from tests.test_dp import hetero_instances, instances
 
 
@@ -36,8 +36,7 @@ def test_cpsat_matches_dp_heterogeneous(pr: PartitionProblem) -> None:
 
 def test_cpsat_with_hint_on_a_real_sized_instance() -> None:
     times = tuple(1.0 + (i % 7) * 0.1 for i in range(60))
-    pr = PartitionProblem(time=times, stages=8, memory=(1.0,) * 60, memory_limit=10.0,
-                          send_time=(0.05,) * 7)
+    pr = PartitionProblem(time=times, stages=8, memory=(1.0,) * 60, memory_limit=10.0, send_time=(0.05,) * 7)
     cp = solve_partition_cpsat(pr, time_limit_s=20, workers=2)
     dp = solve_partition(pr)
     assert cp.status in ("optimal", "feasible")

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from partitioner.dp import PartitionProblem, solve_partition, stage_bounds
+from ppplan.partitioner.dp import PartitionProblem, solve_partition, stage_bounds
 
 
 def brute_force(pr: PartitionProblem) -> tuple[float, float] | None:
@@ -57,8 +57,15 @@ def instances(draw: st.DrawFn) -> PartitionProblem:
     kv = tuple(min(m, float(draw(st.integers(0, 4)))) for m in memory)
     sends = tuple(draw(st.lists(st.integers(0, 4).map(float), min_size=p - 1, max_size=p - 1)))
     limit = draw(st.one_of(st.none(), st.integers(6, 60).map(float)))
-    return PartitionProblem(time=time, stages=p, memory=memory, memory_limit=limit, peak=peak,
-                            send_time=sends, kv_memory=kv if limit is not None else None)
+    return PartitionProblem(
+        time=time,
+        stages=p,
+        memory=memory,
+        memory_limit=limit,
+        peak=peak,
+        send_time=sends,
+        kv_memory=kv if limit is not None else None,
+    )
 
 
 @settings(max_examples=400, deadline=None)
@@ -109,8 +116,7 @@ def test_heavy_last_unit_gets_its_own_stage() -> None:
 def test_tie_break_prefers_kv_headroom() -> None:
     # every cut has bottleneck 3; only (2, 2) splits the two KV-heavy units' neighbours evenly:
     # (1,3) and (3,1) leave one stage with ratio (100 - 11) / 4, (2,2) gives (100 - 6) / 4 on both
-    pr = PartitionProblem(time=(3, 0, 0, 3), stages=2, memory=(5, 5, 5, 5), memory_limit=100,
-                          kv_memory=(4, 0, 0, 4))
+    pr = PartitionProblem(time=(3, 0, 0, 3), stages=2, memory=(5, 5, 5, 5), memory_limit=100, kv_memory=(4, 0, 0, 4))
     res = solve_partition(pr)
     assert res.bottleneck == 3
     assert res.sizes == (2, 2)
@@ -119,8 +125,9 @@ def test_tie_break_prefers_kv_headroom() -> None:
 
 def test_infeasible_single_unit_reason() -> None:
     gib = 1024**3
-    res = solve_partition(PartitionProblem(time=(1, 1, 1), stages=2, memory=(10 * gib, 91.2 * gib, 1 * gib),
-                                           memory_limit=72 * gib))
+    res = solve_partition(
+        PartitionProblem(time=(1, 1, 1), stages=2, memory=(10 * gib, 91.2 * gib, 1 * gib), memory_limit=72 * gib)
+    )
     assert res.status == "infeasible"
     assert res.reason == "unit 1 alone needs 91.2 GiB, limit 72.0 GiB"
 
@@ -162,8 +169,15 @@ def hetero_instances(draw: st.DrawFn) -> PartitionProblem:
     p = base.stages
     speed = tuple(draw(st.lists(st.sampled_from([0.5, 1.0, 2.0, 3.0]), min_size=p, max_size=p)))
     limits = tuple(draw(st.lists(st.integers(6, 60).map(float), min_size=p, max_size=p)))
-    return PartitionProblem(time=base.time, stages=p, memory=base.memory, peak=base.peak, send_time=base.send_time,
-                            stage_speed=speed, stage_memory_limit=limits)
+    return PartitionProblem(
+        time=base.time,
+        stages=p,
+        memory=base.memory,
+        peak=base.peak,
+        send_time=base.send_time,
+        stage_speed=speed,
+        stage_memory_limit=limits,
+    )
 
 
 def brute_hetero(pr: PartitionProblem) -> float | None:

@@ -8,27 +8,27 @@ from pathlib import Path
 import pytest
 import torch
 
-from executor.calibration import fit_stage_measurements, predict_stage_seconds, profile_for_plan
-from executor.recut import parse_partition, recut
-from executor.reference import reference_outputs
-from executor.run import check_runnable, model_name_of
-from executor.spec import CHECK_WORKLOAD, ExecutorError, RunSpec, Workload, resolve_workload
-from executor.stage import build_stage, stage_layout
-from executor.store import store_rows
-from executor.weights import materialise, param_seed, stage_param_names
-from partitioner.request import PlanRequest
-from partitioner.search import plan_model
-from profiler.calibrate import apply_calibration
-from profiler.configs import load_model_config
-from profiler.models import build_hf_config, build_meta_model
-from profiler.profile import Efficiency
+from ppplan.core.profile import Efficiency
+from ppplan.executor.calibration import fit_stage_measurements, predict_stage_seconds, profile_for_plan
+from ppplan.executor.recut import parse_partition, recut
+from ppplan.executor.reference import reference_outputs
+from ppplan.executor.report import store_rows
+from ppplan.executor.run import check_runnable, model_name_of
+from ppplan.executor.spec import CHECK_WORKLOAD, ExecutorError, RunSpec, Workload, resolve_workload
+from ppplan.executor.stage import build_stage, stage_layout
+from ppplan.executor.weights import materialise, param_seed, stage_param_names
+from ppplan.partitioner.request import PlanRequest
+from ppplan.profiler.calibrate import apply_calibration
+from ppplan.profiler.configs import load_model_config
+from ppplan.profiler.models import build_hf_config, build_meta_model
+from ppplan.profiler.resolve import plan_request
 
 CPU = torch.device("cpu")
 
 
 def _plan(model: str = "tiny-llama", gpus: str = "2xCPU", pp: int = 2, **kw: object) -> dict:
     req = PlanRequest(model=model, gpus=gpus, pp=pp, tp=1, prompt_tokens=16, output_tokens=8, concurrency=4, **kw)
-    return plan_model(req).model_dump(mode="json")
+    return plan_request(req).model_dump(mode="json")
 
 
 def _meta(name: str = "tiny-llama") -> torch.nn.Module:
@@ -36,8 +36,13 @@ def _meta(name: str = "tiny-llama") -> torch.nn.Module:
 
 
 def test_seeded_weights_do_not_depend_on_the_stage() -> None:
-    a, _ = build_stage("tiny-llama", ["model.embed_tokens", "model.layers.0", "model.layers.1"], seed=3,
-                       device=CPU, dtype=torch.float32)
+    a, _ = build_stage(
+        "tiny-llama",
+        ["model.embed_tokens", "model.layers.0", "model.layers.1"],
+        seed=3,
+        device=CPU,
+        dtype=torch.float32,
+    )
     b, _ = build_stage("tiny-llama", ["model.layers.1", "model.layers.2"], seed=3, device=CPU, dtype=torch.float32)
     c, _ = build_stage("tiny-llama", ["model.layers.1"], seed=4, device=CPU, dtype=torch.float32)
     wa = a.layers[1].self_attn.q_proj.weight
@@ -67,8 +72,15 @@ def test_safetensors_checkpoint_loads_only_the_stage_tensors(tmp_path: Path) -> 
     part = _meta()
     names = stage_param_names(part, ["model.layers.3", "model.norm", "lm_head"])
     assert all(n.startswith(("model.layers.3.", "model.norm.", "lm_head.")) for n in names)
-    materialise(part, ["model.layers.3", "model.norm", "lm_head"], seed=0, std=0.02, device=CPU,
-                dtype=torch.float32, checkpoint=tmp_path)
+    materialise(
+        part,
+        ["model.layers.3", "model.norm", "lm_head"],
+        seed=0,
+        std=0.02,
+        device=CPU,
+        dtype=torch.float32,
+        checkpoint=tmp_path,
+    )
     assert torch.equal(part.lm_head.weight, state["lm_head.weight"])
     assert torch.equal(part.model.layers[3].self_attn.k_proj.weight, state["model.layers.3.self_attn.k_proj.weight"])
     assert part.model.embed_tokens.weight.is_meta
@@ -76,8 +88,15 @@ def test_safetensors_checkpoint_loads_only_the_stage_tensors(tmp_path: Path) -> 
     del state["model.norm.weight"]
     save_file(state, str(tmp_path / "model.safetensors"))
     with pytest.raises(ExecutorError, match=r"model\.norm\.weight"):
-        materialise(_meta(), ["model.norm"], seed=0, std=0.02, device=CPU, dtype=torch.float32,
-                    checkpoint=tmp_path / "model.safetensors")
+        materialise(
+            _meta(),
+            ["model.norm"],
+            seed=0,
+            std=0.02,
+            device=CPU,
+            dtype=torch.float32,
+            checkpoint=tmp_path / "model.safetensors",
+        )
 
 
 def test_stage_layout_reads_the_module_contract() -> None:
@@ -122,8 +141,13 @@ def test_recut_moves_layers_and_keeps_the_module_contract() -> None:
     cut = recut(plan, [1, 3])
     assert cut["partition"] == [1, 3]
     assert cut["stages"][0]["modules"] == ["model.embed_tokens", "model.layers.0"]
-    assert cut["stages"][1]["modules"] == ["model.layers.1", "model.layers.2", "model.layers.3", "model.norm",
-                                           "lm_head"]
+    assert cut["stages"][1]["modules"] == [
+        "model.layers.1",
+        "model.layers.2",
+        "model.layers.3",
+        "model.norm",
+        "lm_head",
+    ]
     assert cut["stages"][1]["units"] == [2, 5] and cut["stages"][1]["decoder_layers"] == [1, 3]
     assert cut["stages"][1]["times"]["decode_ms"] > cut["stages"][0]["times"]["decode_ms"]
     assert parse_partition("2,2") == [2, 2]
@@ -139,12 +163,14 @@ def _fake_report(plan: dict, dec: list[float], pre_per_prompt: list[float], b: i
     for i, (d, p) in enumerate(zip(dec, pre_per_prompt, strict=True)):
         ph = lambda s: {"median_step_s": s, "steps": 4, "wait_s": 0.01, "bytes_sent": 1024, "peak_bytes": 10}  # noqa: E731
         stages.append({"index": i, "measured": {"prefill": ph(p * b), "decode": ph(d)}})
-    return {"workload": {"micro_batch_size": b, "prompt_tokens": P, "new_tokens": 8, "micro_batches": 2},
-            "stages": stages}
+    return {
+        "workload": {"micro_batch_size": b, "prompt_tokens": P, "new_tokens": 8, "micro_batches": 2},
+        "stages": stages,
+    }
 
 
 def test_store_rows_fit_the_store_schema() -> None:
-    from api.store.repo import MeasurementCreate
+    from ppplan.api.store.repo import MeasurementCreate
 
     plan = _plan()
     rows = store_rows(_fake_report(plan, [1e-3, 2e-3], [3e-3, 4e-3], 2, 16), "run-x")
@@ -155,20 +181,22 @@ def test_store_rows_fit_the_store_schema() -> None:
     assert pre["tokens"] == 32 and pre["compute_s"] == pytest.approx(8e-3) and pre["wait_s"] == pytest.approx(0.0025)
 
 
-@pytest.mark.parametrize("true", [Efficiency(compute=5.0, memory=0.01, overhead_s=0.0),
-                                  Efficiency(compute=0.5, memory=0.5, overhead_s=5e-4)])
+@pytest.mark.parametrize(
+    "true", [Efficiency(compute=5.0, memory=0.01, overhead_s=0.0), Efficiency(compute=0.5, memory=0.5, overhead_s=5e-4)]
+)
 def test_calibration_from_stage_times_recovers_the_cut(tmp_path: Path, true: Efficiency) -> None:
     """Stage times generated by a known efficiency: the fit reproduces the cut that efficiency implies,
     which differs from the uncalibrated cut (a model with a heavy LM head: vocab 16384, 8 layers)."""
-    cfg = json.loads(Path("profiler/presets/tiny-llama.json").read_text())
+    cfg = json.loads(
+        (Path(__file__).resolve().parent.parent / "ppplan" / "profiler" / "presets" / "tiny-llama.json").read_text()
+    )
     cfg.update(num_hidden_layers=8, vocab_size=16384)
     (tmp_path / "config.json").write_text(json.dumps(cfg))
-    req = PlanRequest(model=str(tmp_path), gpus="2xCPU", pp=2, tp=1, prompt_tokens=32, output_tokens=16,
-                      concurrency=8)
-    plan = plan_model(req).model_dump(mode="json")
+    req = PlanRequest(model=str(tmp_path), gpus="2xCPU", pp=2, tp=1, prompt_tokens=32, output_tokens=16, concurrency=8)
+    plan = plan_request(req).model_dump(mode="json")
     base = profile_for_plan(plan)
     truth = apply_calibration(base, "CPU", true)
-    want = plan_model(req, truth).partition
+    want = plan_request(req, truth).partition
     assert want != plan["partition"]
     b = plan["degrees"]["micro_batch_size"]
     dec = predict_stage_seconds(plan, truth, phase="decode", tokens=b, context=32 + 8)
@@ -176,7 +204,7 @@ def test_calibration_from_stage_times_recovers_the_cut(tmp_path: Path, true: Eff
     pre = predict_stage_seconds(plan, truth, phase="prefill", tokens=32, context=32, batch=b)
     rows = store_rows(_fake_report(plan, dec, [x / b for x in pre], b, 32), "synthetic")
     cal, eff, _ = fit_stage_measurements(plan, rows, base, source="test")
-    assert plan_model(req, cal).partition == want
+    assert plan_request(req, cal).partition == want
     assert eff.fit_error["all"] < 0.1
 
 
@@ -200,8 +228,7 @@ def test_reference_decode_reads_its_cache(name: str) -> None:
     pipeline, calling layers the same way, would agree with that wrong reference)."""
     wl = {"micro_batches": 1, "micro_batch_size": 2, "prompt_tokens": 7, "new_tokens": 5}
     cached = reference_outputs(name, workload=wl, seed=3, dtype="float32", device="cpu", checkpoint=None)
-    full = reference_outputs(name, workload=wl, seed=3, dtype="float32", device="cpu", checkpoint=None,
-                             use_cache=False)
+    full = reference_outputs(name, workload=wl, seed=3, dtype="float32", device="cpu", checkpoint=None, use_cache=False)
     assert torch.equal(cached["tokens"], full["tokens"])
     assert float((cached["logits"] - full["logits"]).abs().max()) < 1e-4
     assert float(cached["logits"][..., 1:, :].std()) > 0  # steps differ: a real comparison, not zeros
@@ -212,7 +239,7 @@ def _outputs(tokens: list[list[int]], logits: list[list[list[float]]]) -> dict[s
 
 
 def test_compare_accepts_a_divergence_only_at_a_near_tie() -> None:
-    from executor.reference import compare
+    from ppplan.executor.reference import compare
 
     tol = 1e-4  # float32
     ref = _outputs([[1, 0]], [[[0.0, 2.0, 1.0], [3.0, 0.0, 0.0]]])
@@ -236,7 +263,7 @@ def test_compare_accepts_a_divergence_only_at_a_near_tie() -> None:
 
 def test_compare_low_precision_tolerance_scales_with_the_logits() -> None:
     """bf16: 4 ulps of the step's largest |logit| (0.125 at |logit| in [4, 8)), never below 5e-2."""
-    from executor.reference import compare
+    from ppplan.executor.reference import compare
 
     ref = _outputs([[0]], [[[6.0, 1.0, -2.0]]])
     near = _outputs([[0]], [[[6.0 - 0.12, 1.0, -2.0]]])

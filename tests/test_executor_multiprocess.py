@@ -12,25 +12,26 @@ from pathlib import Path
 
 import pytest
 
-from executor.launch import free_port
-from executor.recut import recut
-from executor.run import run_plan
-from executor.spec import RankFailedError
-from partitioner.request import PlanRequest
-from partitioner.search import plan_model
+from ppplan.executor.launch import free_port
+from ppplan.executor.recut import recut
+from ppplan.executor.run import run_plan
+from ppplan.executor.spec import RankFailedError
+from ppplan.partitioner.request import PlanRequest
+from ppplan.profiler.resolve import plan_request
 
 pytestmark = pytest.mark.multiprocess
 
 #: the console script, whatever the PATH (``python -m api.cli`` would register commands on a second app)
-PPPLAN = [sys.executable, "-c", "from api.cli import main; main()"]
+PPPLAN = [sys.executable, "-c", "from ppplan.api.cli import main; main()"]
 #: a short generation keeps each run a few seconds on a 2-core CI host
 NEW_TOKENS = 4
 
 
 def _plan(model: str, pp: int, tp: int = 1) -> dict:
-    req = PlanRequest(model=model, gpus=f"{pp * tp}xCPU", pp=pp, tp=tp, prompt_tokens=12, output_tokens=NEW_TOKENS,
-                      concurrency=4)
-    return plan_model(req).model_dump(mode="json")
+    req = PlanRequest(
+        model=model, gpus=f"{pp * tp}xCPU", pp=pp, tp=tp, prompt_tokens=12, output_tokens=NEW_TOKENS, concurrency=4
+    )
+    return plan_request(req).model_dump(mode="json")
 
 
 def _assert_passed(report: dict | None, pp: int) -> dict:
@@ -69,20 +70,25 @@ def test_tp2_inside_pp2_stages_matches_the_unsplit_model() -> None:
 
 
 def _ppplan(*args: str, env: dict[str, str] | None = None, timeout: float = 150) -> subprocess.CompletedProcess:
-    return subprocess.run([*PPPLAN, *args], capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})}, check=False)
+    return subprocess.run(
+        [*PPPLAN, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+        check=False,
+    )
 
 
 def _stored_plan(model: str = "tiny-llama") -> str:
-    from api.store_lookup import save_plan_from_cli
+    from ppplan.api.store_lookup import save_plan_from_cli
 
-    req = PlanRequest(model=model, gpus="2xCPU", pp=2, tp=1, prompt_tokens=12, output_tokens=NEW_TOKENS,
-                      concurrency=4)
-    return save_plan_from_cli(req, plan_model(req))
+    req = PlanRequest(model=model, gpus="2xCPU", pp=2, tp=1, prompt_tokens=12, output_tokens=NEW_TOKENS, concurrency=4)
+    return save_plan_from_cli(req, plan_request(req))
 
 
 def test_run_stored_plan_stores_measurements_and_calibrates(tmp_path: Path) -> None:
-    from executor.store import stored_measurements
+    from ppplan.api.run_store import stored_measurements
 
     plan_id = _stored_plan()
     out = tmp_path / "report.json"
@@ -105,7 +111,7 @@ def test_run_stored_plan_stores_measurements_and_calibrates(tmp_path: Path) -> N
 
 
 def test_a_dying_rank_fails_the_run_quickly_and_stores_nothing() -> None:
-    from executor.store import stored_measurements
+    from ppplan.api.run_store import stored_measurements
 
     plan_id = _stored_plan("tiny-moe")
     t0 = time.monotonic()
@@ -133,9 +139,25 @@ def test_two_host_rehearsal_on_loopback(tmp_path: Path) -> None:
     endpoint = f"127.0.0.1:{free_port()}"
     procs = []
     for node in (0, 1):
-        cmd = [*PPPLAN, "run", str(plan_file), "--nnodes", "2", "--node-rank", str(node),
-               "--rdzv-endpoint", endpoint, "--run-id", "rehearsal", "--run-dir", str(tmp_path / f"node{node}"),
-               "--json", str(tmp_path / f"report{node}.json"), "--timeout", "60"]
+        cmd = [
+            *PPPLAN,
+            "run",
+            str(plan_file),
+            "--nnodes",
+            "2",
+            "--node-rank",
+            str(node),
+            "--rdzv-endpoint",
+            endpoint,
+            "--run-id",
+            "rehearsal",
+            "--run-dir",
+            str(tmp_path / f"node{node}"),
+            "--json",
+            str(tmp_path / f"report{node}.json"),
+            "--timeout",
+            "60",
+        ]
         procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     outs = [p.communicate(timeout=180) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs

@@ -10,19 +10,21 @@ from importlib import resources
 
 import pytest
 
-from profiler.analytic import model_spec
-from profiler.calibrate import fit_efficiency, held_out_errors, points_from_profile
-from profiler.profile import Profile, load_profile
+from ppplan.core.profile import Profile
+from ppplan.profiler.analytic import model_spec
+from ppplan.profiler.calibrate import fit_efficiency, held_out_errors, points_from_profile
+from ppplan.profiler.profile_file import load_profile
 
 GPU = "H100-SXM-80GB"
 
 
 def _load(name: str) -> Profile:
-    return load_profile(str(resources.files("profiler") / "data" / "profiles" / f"{name}.bf16.{GPU}.json"))
+    return load_profile(str(resources.files("ppplan.profiler") / "data" / "profiles" / f"{name}.bf16.{GPU}.json"))
 
 
-@pytest.mark.parametrize("name", ["llama-3.1-8b", "llama-3.1-70b", "llama-3.1-405b", "qwen2.5-72b",
-                                  "mixtral-8x7b", "gpt-oss-120b"])
+@pytest.mark.parametrize(
+    "name", ["llama-3.1-8b", "llama-3.1-70b", "llama-3.1-405b", "qwen2.5-72b", "mixtral-8x7b", "gpt-oss-120b"]
+)
 def test_committed_profile_is_a_measured_h100_profile_of_its_preset(name: str) -> None:
     prof = _load(name)
     assert prof.kind == "measured" and prof.device == GPU
@@ -49,12 +51,25 @@ def test_calibration_on_the_8b_predicts_the_large_dense_models_within_15_percent
 def test_plan_with_a_shipped_profile_by_name() -> None:
     from typer.testing import CliRunner
 
-    from api.cli import app
+    from ppplan.api.cli import app
 
-    r = CliRunner().invoke(app, ["plan", "llama-3.1-8b", "--gpus", "2xH100", "--profile",
-                                 "llama-3.1-8b.bf16.H100-SXM-80GB", "--no-save", "--json", "-"])
+    r = CliRunner().invoke(
+        app,
+        [
+            "plan",
+            "llama-3.1-8b",
+            "--gpus",
+            "2xH100",
+            "--profile",
+            "llama-3.1-8b.bf16.H100-SXM-80GB",
+            "--no-save",
+            "--json",
+            "-",
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert "measured:llama-3.1-8b:bf16/kv-bf16@H100-SXM-80GB" in r.output
-    r = CliRunner().invoke(app, ["plan", "llama-3.1-8b", "--gpus", "2xH100", "--profile", "llama-9b.bf16.H100",
-                                 "--no-save"])
+    r = CliRunner().invoke(
+        app, ["plan", "llama-3.1-8b", "--gpus", "2xH100", "--profile", "llama-9b.bf16.H100", "--no-save"]
+    )
     assert r.exit_code == 2 and "llama-3.1-70b.bf16.H100-SXM-80GB" in r.output  # the message lists them

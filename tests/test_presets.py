@@ -7,13 +7,24 @@ from pathlib import Path
 
 import pytest
 
-from profiler.analytic import SPEC_VERSION, model_spec
-from profiler.configs import ModelConfigError, list_presets, load_model_config
-from profiler.models import describe_model
+from ppplan.profiler.analytic import SPEC_VERSION, model_spec
+from ppplan.profiler.configs import ModelConfigError, list_presets, load_model_config
+from ppplan.profiler.models import describe_model
 
-SPECS = Path(__file__).resolve().parent.parent / "profiler" / "presets" / "specs"
-REQUIRED = ["llama-3.1-8b", "llama-3.1-70b", "llama-3.1-405b", "qwen2.5-72b", "mixtral-8x7b", "deepseek-v3",
-            "kimi-k2", "gpt-oss-120b", "gemma-3-27b", "tiny-llama", "tiny-moe"]
+SPECS = Path(__file__).resolve().parent.parent / "ppplan" / "profiler" / "presets" / "specs"
+REQUIRED = [
+    "llama-3.1-8b",
+    "llama-3.1-70b",
+    "llama-3.1-405b",
+    "qwen2.5-72b",
+    "mixtral-8x7b",
+    "deepseek-v3",
+    "kimi-k2",
+    "gpt-oss-120b",
+    "gemma-3-27b",
+    "tiny-llama",
+    "tiny-moe",
+]
 
 # published totals; the tolerance says what the published figure rounds or includes
 PUBLISHED = {
@@ -44,7 +55,8 @@ def test_total_params_match_published(name: str) -> None:
 def test_active_params_of_moe() -> None:
     assert model_spec("deepseek-v3").active_params == pytest.approx(37e9, rel=0.02)
     assert model_spec("mixtral-8x7b").active_params + model_spec("mixtral-8x7b").units[0].params == pytest.approx(
-        12.9e9, rel=0.01)
+        12.9e9, rel=0.01
+    )
     assert model_spec("kimi-k2").active_params == pytest.approx(32e9, rel=0.02)
 
 
@@ -86,7 +98,7 @@ def test_shipped_spec_equals_fresh_build(name: str) -> None:
 
 
 def test_local_config_path(tmp_path: Path) -> None:
-    src = Path(__file__).resolve().parent.parent / "profiler" / "presets" / "tiny-llama.json"
+    src = Path(__file__).resolve().parent.parent / "ppplan" / "profiler" / "presets" / "tiny-llama.json"
     d = tmp_path / "my-model"
     d.mkdir()
     (d / "config.json").write_text(src.read_text())
@@ -113,8 +125,10 @@ def test_bad_config_files(tmp_path: Path) -> None:
     with pytest.raises(ModelConfigError, match="no string 'model_type'"):
         load_model_config(str(no_type))
     unknown = tmp_path / "unknown.json"
-    unknown.write_text('{"model_type": "definitely_not_a_model", "hidden_size": 64, "num_hidden_layers": 2, '
-                       '"num_attention_heads": 4, "vocab_size": 100}')
+    unknown.write_text(
+        '{"model_type": "definitely_not_a_model", "hidden_size": 64, "num_hidden_layers": 2, '
+        '"num_attention_heads": 4, "vocab_size": 100}'
+    )
     with pytest.raises(ModelConfigError, match="not known to this transformers"):
         model_spec(str(unknown))
 
@@ -131,7 +145,7 @@ def test_bad_config_files(tmp_path: Path) -> None:
     ],
 )
 def test_nonsense_configs_are_refused(tmp_path: Path, change: dict, message: str) -> None:
-    src = Path(__file__).resolve().parent.parent / "profiler" / "presets" / "tiny-llama.json"
+    src = Path(__file__).resolve().parent.parent / "ppplan" / "profiler" / "presets" / "tiny-llama.json"
     cfg = {**json.loads(src.read_text()), **change}
     (tmp_path / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(ModelConfigError, match="^model: .*" + message):

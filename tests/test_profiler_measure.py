@@ -9,10 +9,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from partitioner.costmodel import CostModel
-from profiler.analytic import analytic_profile, model_spec
-from profiler.gpus import get_gpu, list_gpus
-from profiler.measure import (
+from ppplan.core.costmodel import CostModel
+from ppplan.core.gpus import get_gpu, list_gpus
+from ppplan.core.profile import Profile
+from ppplan.profiler.analytic import analytic_profile, model_spec
+from ppplan.profiler.measure import (
     CPU_GRIDS,
     CUDA_GRIDS,
     GRID_ENV,
@@ -22,7 +23,7 @@ from profiler.measure import (
     resolve_cuda_gpu,
     run_profile,
 )
-from profiler.profile import Profile, load_profile
+from ppplan.profiler.profile_file import load_profile
 
 #: a grid small enough for CI yet with tokens far enough apart that time must grow
 GRID = ProfileGrid(prefill_tokens=(8, 512), decode_batches=(1, 256), decode_contexts=(32, 128))
@@ -65,8 +66,7 @@ def test_kv_bytes_match_the_analytic_formula(profiles: dict[str, Profile], name:
             # transformers 5.x caches MLA's compressed latent: exactly the engine layout. Older
             # releases cached per-head K and V (kv_bytes_per_token_hf); accept that layout exactly too.
             assert kv in (u.kv_bytes_per_token, u.kv_bytes_per_token_hf)
-            assert kv == (u.kv_bytes_per_token if prof.provenance["kv_layout"] == "engine"
-                          else u.kv_bytes_per_token_hf)
+            assert kv == (u.kv_bytes_per_token if prof.provenance["kv_layout"] == "engine" else u.kv_bytes_per_token_hf)
         else:
             assert kv == u.kv_bytes_per_token == u.kv_bytes_per_token_hf
 
@@ -147,8 +147,11 @@ def test_grid_parsing_and_errors(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(MeasureError, match="gpu"):
         run_profile("tiny-llama", device="cpu", gpu="H100")
     with pytest.raises(MeasureError, match=r"grid: .* needs about"):
-        run_profile("tiny-llama", device="cpu",
-                    grid=ProfileGrid(prefill_tokens=(16,), decode_batches=(10**6,), decode_contexts=(10**6,)))
+        run_profile(
+            "tiny-llama",
+            device="cpu",
+            grid=ProfileGrid(prefill_tokens=(16,), decode_batches=(10**6,), decode_contexts=(10**6,)),
+        )
     monkeypatch.setenv(GRID_ENV, "prefill=16;batch=1;context=32")
     prof = run_profile("tiny-llama", device="cpu", cpu_threads=1)
     assert prof.provenance["grid"] == "prefill 16 · decode batch 1 × context 32"
@@ -170,8 +173,7 @@ def test_cuda_device_names_map_to_the_catalog() -> None:
 
 
 def test_cli_profile_plan_and_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import api.cli_profile  # noqa: F401  (registers calibrate)
-    from api.cli import app
+    from ppplan.api.cli import app
 
     runner = CliRunner()
     monkeypatch.setenv(GRID_ENV, "prefill=16,64;batch=1,4;context=64")
@@ -181,9 +183,26 @@ def test_cli_profile_plan_and_errors(tmp_path: Path, monkeypatch: pytest.MonkeyP
     prof = load_profile(out)
     assert prof.kind == "measured" and prof.device == "CPU"
     plan_json = tmp_path / "plan.json"
-    r = runner.invoke(app, ["plan", "tiny-llama", "--gpus", "2xCPU", "--profile", str(out), "--json",
-                            str(plan_json), "--no-save", "--prompt-tokens", "64", "--output-tokens", "16",
-                            "--concurrency", "4"])
+    r = runner.invoke(
+        app,
+        [
+            "plan",
+            "tiny-llama",
+            "--gpus",
+            "2xCPU",
+            "--profile",
+            str(out),
+            "--json",
+            str(plan_json),
+            "--no-save",
+            "--prompt-tokens",
+            "64",
+            "--output-tokens",
+            "16",
+            "--concurrency",
+            "4",
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert prof.label in json.dumps(json.loads(plan_json.read_text()))
     # bad input: exit 2, one line, no file behind
@@ -222,7 +241,7 @@ def test_cuda_profile_tiny_models() -> None:
 def test_default_grid_falls_back_to_one_that_fits_memory() -> None:
     """MLA on CUDA materialises fp32 scores (DeepSeek-V3 asked an H100 for 64 GiB at 8192 tokens): the
     memory plan counts them, and a default grid steps down to the finest one the device holds."""
-    from profiler.measure import _Device, _grids_that_fit, _point_memory
+    from ppplan.profiler.measure import _Device, _grids_that_fit, _point_memory
 
     prof = analytic_profile(model_spec("deepseek-v3"), weight_dtype="bf16", kv_dtype="bf16")
     spec = model_spec("deepseek-v3")
@@ -242,12 +261,21 @@ def test_default_grid_falls_back_to_one_that_fits_memory() -> None:
 def test_gemma3_per_layer_type_rotary_profiles(tmp_path: Path) -> None:
     """Gemma 3 keeps one rotary table per layer type (its forward needs the type): a shrunk Gemma-3
     config with sliding and full layers profiles, and its sliding layers cache at most the window."""
-    from profiler.configs import load_model_config
+    from ppplan.profiler.configs import load_model_config
 
     raw = dict(load_model_config("gemma-3-27b").raw)
-    raw.update(hidden_size=128, intermediate_size=256, num_attention_heads=4, num_key_value_heads=2, head_dim=32,
-               num_hidden_layers=6, vocab_size=512, sliding_window=32, max_position_embeddings=1024,
-               layer_types=["sliding_attention"] * 5 + ["full_attention"])
+    raw.update(
+        hidden_size=128,
+        intermediate_size=256,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=32,
+        num_hidden_layers=6,
+        vocab_size=512,
+        sliding_window=32,
+        max_position_embeddings=1024,
+        layer_types=["sliding_attention"] * 5 + ["full_attention"],
+    )
     path = tmp_path / "tiny-gemma3.json"
     path.write_text(json.dumps(raw))
     grid = ProfileGrid(prefill_tokens=(16, 64), decode_batches=(1, 2), decode_contexts=(64,))

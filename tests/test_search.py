@@ -3,23 +3,25 @@
 from __future__ import annotations
 
 import json
+from importlib import resources
 from pathlib import Path
 
 import jsonschema
 import pytest
 from pydantic import ValidationError
 
-from partitioner.plan import json_schema
-from partitioner.request import PlanRequest
-from partitioner.search import InfeasibleError, PlanningError, plan_model, valid_tp_degrees
-from partitioner.validate import validate_plan
+from ppplan.partitioner.plan import json_schema
+from ppplan.partitioner.request import PlanRequest
+from ppplan.partitioner.search import InfeasibleError, PlanningError, valid_tp_degrees
+from ppplan.partitioner.validate import validate_plan
+from ppplan.profiler.resolve import plan_request
 
-SCHEMA = Path(__file__).resolve().parent.parent / "schemas" / "plan-v1.schema.json"
+SCHEMA = Path(str(resources.files("ppplan.partitioner") / "schema" / "plan-v1.schema.json"))
 
 
 def _plan(**kw):
     """Plan, and check the plan's internal consistency whatever produced it."""
-    plan = plan_model(PlanRequest(**kw))
+    plan = plan_request(PlanRequest(**kw))
     problems = validate_plan(plan.model_dump(mode="json"))
     assert not problems, problems
     return plan
@@ -119,11 +121,17 @@ def test_valid_tp_degrees() -> None:
 @pytest.mark.parametrize(
     ("kw", "error", "message"),
     [
-        ({"model": "llama-3.1-8b", "gpus": "4xH100", "tp": 3}, PlanningError,
-         "tp: 3 does not divide the 32 attention heads of llama-3.1-8b"),
+        (
+            {"model": "llama-3.1-8b", "gpus": "4xH100", "tp": 3},
+            PlanningError,
+            "tp: 3 does not divide the 32 attention heads of llama-3.1-8b",
+        ),
         ({"model": "llama-3.1-8b", "gpus": "64xH100", "pp": 33}, PlanningError, "pp: 33 stages exceed the 32"),
-        ({"model": "llama-3.1-405b", "gpus": "8xL4"}, InfeasibleError,
-         "gpus: does not fit: llama-3.1-405b in bf16 needs"),
+        (
+            {"model": "llama-3.1-405b", "gpus": "8xL4"},
+            InfeasibleError,
+            "gpus: does not fit: llama-3.1-405b in bf16 needs",
+        ),
     ],
 )
 def test_planning_errors(kw: dict, error: type, message: str) -> None:
@@ -155,7 +163,7 @@ def test_infeasible_says_needed_and_available() -> None:
     ],
 )
 def test_request_validation_names_the_field(kw: dict, field: str) -> None:
-    from api.errors import format_validation_error
+    from ppplan.api.errors import format_validation_error
 
     with pytest.raises(ValidationError) as exc:
         PlanRequest(model="llama-3.1-8b", gpus=kw.pop("gpus", "8xH100"), **kw)
@@ -184,11 +192,29 @@ def test_validate_plan_catches_hand_edits() -> None:
     assert any(p.startswith("exports.vllm") for p in problems)
 
 
-@pytest.mark.parametrize("model", ["llama-3.1-8b", "mixtral-8x7b", "gpt-oss-120b", "gemma-3-27b", "deepseek-v3",
-                                   "tiny-moe", "tiny-mla", "tiny-sliding"])
+@pytest.mark.parametrize(
+    "model",
+    [
+        "llama-3.1-8b",
+        "mixtral-8x7b",
+        "gpt-oss-120b",
+        "gemma-3-27b",
+        "deepseek-v3",
+        "tiny-moe",
+        "tiny-mla",
+        "tiny-sliding",
+    ],
+)
 @pytest.mark.parametrize("objective", ["throughput", "latency", "min-gpus"])
 def test_every_plan_is_consistent(model: str, objective: str) -> None:
     dtype = "fp8" if model == "deepseek-v3" else "bf16"
     for gpus in ("16xH100", "24xH200"):
-        _plan(model=model, gpus=gpus, objective=objective, weight_dtype=dtype, concurrency=96,
-              prompt_tokens=1000, output_tokens=300)
+        _plan(
+            model=model,
+            gpus=gpus,
+            objective=objective,
+            weight_dtype=dtype,
+            concurrency=96,
+            prompt_tokens=1000,
+            output_tokens=300,
+        )

@@ -11,21 +11,21 @@ from pydantic import ValidationError
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from api.service import plan_and_store, store_cli_plan
-from api.store import repo
-from api.store.engine import session_scope
-from api.store.models import MeasurementRow, PlanRequestRow, PlanRow
-from partitioner.plan import Plan
-from partitioner.request import PlanRequest
-from partitioner.search import plan_model
-from profiler.analytic import analytic_profile, model_spec
-from profiler.profile import Profile, ProfileError
+from ppplan.api.service import plan_and_store, store_cli_plan
+from ppplan.api.store import repo
+from ppplan.api.store.engine import session_scope
+from ppplan.api.store.models import MeasurementRow, PlanRequestRow, PlanRow
+from ppplan.core.profile import Profile, ProfileError
+from ppplan.partitioner.plan import Plan
+from ppplan.partitioner.request import PlanRequest
+from ppplan.profiler.analytic import analytic_profile, model_spec
+from ppplan.profiler.resolve import plan_request
 
 
 @cache
 def _plan(model: str = "llama-3.1-8b", gpus: str = "4xH100", **kw: object) -> tuple[PlanRequest, Plan]:
     req = PlanRequest(model=model, gpus=gpus, **kw)  # type: ignore[arg-type]
-    return req, plan_model(req)
+    return req, plan_request(req)
 
 
 def _count(s: Session, cls: type) -> int:
@@ -113,7 +113,7 @@ def test_stored_profile_plans_and_cli_share_the_hash(session: Session, tmp_path:
     path = tmp_path / "p.json"  # type: ignore[operator]
     path.write_text(prof.to_json())
     cli_req = PlanRequest(model="llama-3.1-8b", gpus="2xH100", profile=str(path))
-    cli_row = store_cli_plan(session, cli_req, plan_model(cli_req, prof))
+    cli_row = store_cli_plan(session, cli_req, plan_request(cli_req, prof))
     assert cli_row.id == row.id  # same request, same profile content: one plan
 
 
@@ -132,15 +132,26 @@ def test_list_filters_and_pages(session: Session) -> None:
     future = dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)
     _, n = repo.list_plans(session, repo.PlanFilter(created_after=future))
     assert n == 0
-    _, n = repo.list_plans(session, repo.PlanFilter(created_before=future,
-                                                    created_after=future - dt.timedelta(days=1)))
+    _, n = repo.list_plans(session, repo.PlanFilter(created_before=future, created_after=future - dt.timedelta(days=1)))
     assert n == 3
 
 
 def test_measurements_and_delete_conflict(session: Session) -> None:
     row, _ = plan_and_store(session, PlanRequest(model="llama-3.1-8b", gpus="4xH100", pp=2, tp=1))
-    rows = [{"stage": k, "phase": "decode", "compute_s": 0.01 * (k + 1), "wait_s": 0.001, "bytes_sent": 8192,
-             "peak_bytes": 10**10, "tokens": 64, "micro_batch_size": 32, "run_id": "r1"} for k in range(2)]
+    rows = [
+        {
+            "stage": k,
+            "phase": "decode",
+            "compute_s": 0.01 * (k + 1),
+            "wait_s": 0.001,
+            "bytes_sent": 8192,
+            "peak_bytes": 10**10,
+            "tokens": 64,
+            "micro_batch_size": 32,
+            "run_id": "r1",
+        }
+        for k in range(2)
+    ]
     assert repo.add_measurements(session, row.id, rows) == 2
     got = repo.get_measurements(session, row.id)
     assert got is not None and [m.stage for m in got] == [0, 1] and got[1].compute_s == pytest.approx(0.02)
@@ -177,7 +188,7 @@ def test_profile_round_trips_through_json_column(session: Session) -> None:
 def test_default_store_is_a_sqlite_file_in_the_user_data_dir(monkeypatch: pytest.MonkeyPatch) -> None:
     from platformdirs import user_data_dir
 
-    from api.settings import Settings
+    from ppplan.api.settings import Settings
 
     monkeypatch.delenv("PPPLAN_DATABASE_URL", raising=False)
     assert Settings().database_url == f"sqlite:///{user_data_dir('ppplan')}/ppplan.db"

@@ -9,11 +9,11 @@ from alembic.migration import MigrationContext
 from sqlalchemy import inspect
 from typer.testing import CliRunner
 
-from api.service import plan_and_store
-from api.store import migrate, repo
-from api.store.engine import get_engine, session_scope
-from api.store.models import Base
-from partitioner.request import PlanRequest
+from ppplan.api.service import plan_and_store
+from ppplan.api.store import migrate, repo
+from ppplan.api.store.engine import get_engine, session_scope
+from ppplan.api.store.models import Base
+from ppplan.partitioner.request import PlanRequest
 
 TABLES = {"profiles", "plan_requests", "plans", "measurements"}
 
@@ -63,8 +63,7 @@ def test_models_match_migrations(db_url: str) -> None:
 
 
 def test_db_cli_commands(empty_db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    import api.cli_store  # noqa: F401 - registers the commands
-    from api.cli import app
+    from ppplan.api.cli import app
 
     monkeypatch.setenv("PPPLAN_DATABASE_URL", empty_db_url)
     runner = CliRunner()

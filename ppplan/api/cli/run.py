@@ -1,0 +1,182 @@
+"""``ppplan run``: execute a plan's cut with torch.distributed, check it, measure it, store it.
+
+:mod:`ppplan.api.cli` adds :data:`commands` to the root app.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from ppplan.api.cli.common import console, err_console, fail, user_errors
+
+__all__ = ["commands", "load_plan_arg", "run"]
+
+commands = typer.Typer()
+
+
+def load_plan_arg(value: str) -> tuple[dict[str, Any], str | None]:
+    """The plan named by ``value`` (a Plan JSON file or a stored plan id) and its stored id, if any.
+
+    Raises:
+        ExecutorError: neither a readable plan file nor a stored plan.
+    """
+    from ppplan.executor.spec import ExecutorError
+
+    path = Path(value)
+    if path.is_file():
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise ExecutorError("plan", rule=f"{value!r} is not valid JSON ({exc})") from None
+        _validate_plan(data, value)
+        return data, None
+    stored = _stored_plan(value)
+    if stored is None:
+        raise ExecutorError("plan", rule=f"{value!r} is neither a plan JSON file nor a stored plan id")
+    _validate_plan(stored, value)
+    return stored, value
+
+
+def _validate_plan(data: Any, where: str) -> None:
+    from pydantic import ValidationError
+
+    from ppplan.executor.spec import ExecutorError
+    from ppplan.partitioner.plan import Plan
+
+    try:
+        Plan.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = ".".join(str(x) for x in first["loc"])
+        raise ExecutorError("plan", rule=f"{where!r} is not a Plan JSON v1 (field {loc}: {first['msg']})") from None
+
+
+def _stored_plan(plan_id: str) -> dict[str, Any] | None:
+    from ppplan.api.run_store import load_stored_plan
+
+    return load_stored_plan(plan_id)
+
+
+def _calibrate(plan_id: str) -> None:
+    from ppplan.api.run_store import calibrate_from_measurements
+
+    _, eff, summary = calibrate_from_measurements(plan_id)
+    fe = eff.fit_error
+    console.print(
+        f"calibrated {summary['gpu']} from {summary['rows']} stored rows ({summary['runs']} run(s), "
+        f"{summary['points']} unit points): η compute {eff.compute:.4g}, η memory {eff.memory:.4g}, "
+        f"overhead {eff.overhead_s * 1e6:.1f} µs; median fit error {fe.get('all', float('nan')):.1%}",
+        highlight=False,
+    )
+    console.print(
+        f"stored profile [bold]{summary['profile_id']}[/] ({summary['profile_label']}); replan with "
+        f"`ppplan plan ... --profile {summary['profile_id']}`",
+        highlight=False,
+    )
+
+
+@commands.command()
+@user_errors
+def run(
+    plan: Annotated[str, typer.Argument(help="a Plan JSON file or a stored plan id")],
+    device: Annotated[str, typer.Option(help="cpu (gloo ranks) or cuda")] = "cpu",
+    dtype: Annotated[str, typer.Option(help="float32, bfloat16 or float16")] = "float32",
+    seed: Annotated[int, typer.Option(help="seed of random weights and prompts")] = 0,
+    checkpoint: Annotated[
+        Path | None, typer.Option(help="a .safetensors file or folder (default: seeded random weights)")
+    ] = None,
+    prompt_tokens: Annotated[int | None, typer.Option(help="tokens per prompt (default: see docs)")] = None,
+    new_tokens: Annotated[int | None, typer.Option(help="tokens generated per sequence")] = None,
+    micro_batches: Annotated[int | None, typer.Option(help="micro-batches in flight (default: the plan's)")] = None,
+    micro_batch_size: Annotated[int | None, typer.Option(help="sequences per micro-batch")] = None,
+    timeout: Annotated[float, typer.Option(help="seconds a rank waits on a peer before failing")] = 60.0,
+    nnodes: Annotated[int, typer.Option(help="hosts taking part (run once per host)")] = 1,
+    node_rank: Annotated[int, typer.Option(help="this host's index (0 holds rank 0 and the results)")] = 0,
+    rdzv_endpoint: Annotated[str | None, typer.Option(help="node 0's HOST:PORT (needed with --nnodes > 1)")] = None,
+    run_id: Annotated[str | None, typer.Option(help="a name shared by the hosts of one run")] = None,
+    run_dir: Annotated[Path | None, typer.Option(help="keep rank logs, raw and reference outputs here")] = None,
+    partition: Annotated[
+        str | None,
+        typer.Option(
+            help="run another cut: decoder layers per stage, e.g. 1,3 (not stored as a measurement of the plan)"
+        ),
+    ] = None,
+    check: Annotated[bool, typer.Option(help="compare with the unsplit model")] = True,
+    json_out: Annotated[Path | None, typer.Option("--json", help="write the report JSON here ('-' = stdout)")] = None,
+    store: Annotated[bool, typer.Option(help="store the measurements (stored plans only)")] = True,
+    calibrate: Annotated[
+        bool,
+        typer.Option(
+            help="after storing, fit the GPU kind's efficiency from all of "
+            "the plan's measurements and store the calibrated profile"
+        ),
+    ] = False,
+) -> None:
+    """Run PLAN's stage cut with one process per rank, check it against the unsplit model, measure it."""
+    from ppplan.executor.launch import LaunchOptions
+    from ppplan.executor.report import print_report
+    from ppplan.executor.run import run_plan
+    from ppplan.executor.spec import RankFailedError
+
+    if device not in ("cpu", "cuda"):
+        fail(f"device: {device!r} must be 'cpu' or 'cuda'")
+    data, plan_id = load_plan_arg(plan)
+    if partition is not None:
+        from ppplan.executor.recut import parse_partition, recut
+
+        data = recut(data, parse_partition(partition))
+        if plan_id is not None and store:
+            err_console.print(f"note: --partition re-cuts plan {plan_id}; its measurements are not stored")
+            store = False
+    opts = LaunchOptions(nnodes=nnodes, node_rank=node_rank, rdzv_endpoint=rdzv_endpoint, run_id=run_id)
+    try:
+        report = run_plan(
+            data,
+            device=device,
+            dtype=dtype,
+            seed=seed,
+            checkpoint=str(checkpoint) if checkpoint else None,
+            prompt_tokens=prompt_tokens,
+            new_tokens=new_tokens,
+            micro_batches=micro_batches,
+            micro_batch_size=micro_batch_size,
+            timeout_s=timeout,
+            launch_opts=opts,
+            run_dir=run_dir,
+            check=check,
+            plan_id=plan_id,
+        )
+    except RankFailedError as exc:
+        from rich.markup import escape
+
+        fail(escape(f"run failed, nothing stored: {exc}"), code=1)
+        return
+    if report is None:
+        err_console.print(f"node {node_rank}: its ranks finished; node 0 holds the results")
+        return
+    if json_out is not None:
+        text = json.dumps(report, indent=1)
+        if str(json_out) == "-":
+            print(text)
+        else:
+            tmp = json_out.with_name(f".{json_out.name}.tmp")
+            tmp.write_text(text + "\n")
+            tmp.replace(json_out)
+    if json_out is None or str(json_out) != "-":
+        print_report(report, console)
+    passed = report["check"] is None or report["check"]["passed"]
+    if not passed:
+        fail("correctness check failed: the pipelined run differs from the unsplit model (nothing stored)", code=1)
+    if plan_id and store:
+        from ppplan.api.run_store import store_measurements
+
+        n, rid = store_measurements(plan_id, report)
+        err_console.print(f"stored {n} measurement rows of plan {plan_id} (run {rid})", highlight=False)
+        if calibrate:
+            _calibrate(plan_id)
+    elif calibrate:
+        fail("calibrate: needs a stored plan id (and --store) so the fit reads stored measurements")

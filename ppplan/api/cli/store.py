@@ -1,0 +1,203 @@
+"""Store commands on the ``ppplan`` CLI: ``plans list|show|export|delete``, ``serve`` and
+``db upgrade|downgrade|current``. Imported by :mod:`api.cli` at start-up."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from ppplan.api.cli.common import console, fail, user_errors
+from ppplan.api.cli.plan import print_plan
+
+__all__ = ["commands", "db_app", "plans_app"]
+
+plans_app = typer.Typer(help="Stored plans (the local SQLite file, or PPPLAN_DATABASE_URL).", no_args_is_help=True)
+db_app = typer.Typer(help="The store's schema (Alembic migrations).", no_args_is_help=True)
+commands = typer.Typer()
+commands.add_typer(plans_app, name="plans")
+commands.add_typer(db_app, name="db")
+
+
+def _url() -> str:
+    from ppplan.api.store_lookup import database_url
+
+    return database_url()
+
+
+@plans_app.command("list")
+@user_errors
+def plans_list(
+    model: Annotated[str | None, typer.Option(help="only plans of this model")] = None,
+    gpu: Annotated[str | None, typer.Option(help="only plans on this GPU kind (catalog name or alias)")] = None,
+    objective: Annotated[str | None, typer.Option(help="throughput, latency or min-gpus")] = None,
+    since: Annotated[dt.datetime | None, typer.Option(help="created at or after (ISO date/time, UTC)")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=10_000, help="rows to show")] = 50,
+    offset: Annotated[int, typer.Option(min=0, help="rows to skip")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """List stored plans, newest first."""
+    from ppplan.api.store import repo
+    from ppplan.api.store.engine import session_scope
+    from ppplan.core.gpus import get_gpu
+
+    if objective is not None and objective not in ("throughput", "latency", "min-gpus"):
+        fail(f"objective: {objective!r} is not one of throughput, latency, min-gpus")
+    flt = repo.PlanFilter(
+        model=model,
+        gpu=get_gpu(gpu, field="gpu").name if gpu else None,
+        objective=objective,
+        created_after=since.replace(tzinfo=since.tzinfo or dt.UTC) if since else None,
+    )
+    with session_scope(_url()) as s:
+        rows, total = repo.list_plans(s, flt, limit=limit, offset=offset)
+    if as_json:
+        from ppplan.api.schemas import PlanSummary
+
+        print(
+            json.dumps(
+                {"data": [PlanSummary.model_validate(r).model_dump(mode="json") for r in rows], "count": total},
+                indent=1,
+            )
+        )
+        return
+    t = Table(title=f"stored plans ({len(rows)} of {total})")
+    for col in ("id", "created (UTC)", "model", "GPUs", "objective", "TP×PP×R", "partition", "tok/s", "TPOT ms"):
+        t.add_column(col, justify="right" if col in ("tok/s", "TPOT ms") else "left")
+    for r in rows:
+        t.add_row(
+            r.id,
+            r.created.strftime("%Y-%m-%d %H:%M:%S"),
+            r.model_name,
+            f"{r.gpu_count}×{r.gpu_kind}",
+            r.objective,
+            f"{r.tp}×{r.pp}×{r.replicas}",
+            ",".join(map(str, r.body.get("partition", []))),
+            f"{r.throughput_tokens_per_s:.0f}",
+            f"{r.tpot_ms:.2f}",
+        )
+    console.print(t)
+
+
+def _load(plan_id: str) -> dict[str, object]:
+    from ppplan.api.store import repo
+    from ppplan.api.store.engine import session_scope
+
+    with session_scope(_url()) as s:
+        row = repo.get_plan(s, plan_id)
+        if row is None:
+            fail(f"plan_id: no stored plan with id {plan_id!r} (see `ppplan plans list`)")
+        return dict(row.body)  # type: ignore[union-attr]
+
+
+@plans_app.command("show")
+@user_errors
+def plans_show(
+    plan_id: Annotated[str, typer.Argument(help="plan id (from `ppplan plans list`)")],
+    as_json: Annotated[bool, typer.Option("--json", help="print Plan JSON v1")] = False,
+) -> None:
+    """Show a stored plan."""
+    d = _load(plan_id)
+    if as_json:
+        print(json.dumps(d, indent=1))
+        return
+    print_plan(d, plan_id)
+
+
+@plans_app.command("export")
+@user_errors
+def plans_export(
+    plan_id: Annotated[str, typer.Argument(help="plan id")],
+    fmt: Annotated[str, typer.Option("--format", "-f", help="vllm, sglang, trtllm, torch or json")] = "vllm",
+) -> None:
+    """Print a stored plan's engine settings."""
+    from ppplan.partitioner.exports import EXPORT_FORMATS, render_export
+
+    if fmt not in EXPORT_FORMATS:
+        fail(f"format: {fmt!r} is not one of {', '.join(EXPORT_FORMATS)}")
+    print(render_export(_load(plan_id), fmt))
+
+
+@plans_app.command("delete")
+@user_errors
+def plans_delete(
+    plan_id: Annotated[str, typer.Argument(help="plan id")],
+    force: Annotated[bool, typer.Option(help="also delete the plan's measurements")] = False,
+) -> None:
+    """Delete a stored plan."""
+    from ppplan.api.store import repo
+    from ppplan.api.store.engine import session_scope
+
+    with session_scope(_url()) as s:
+        try:
+            done = repo.delete_plan(s, plan_id, force=force)
+        except repo.Conflict as exc:
+            fail(str(exc))
+    if done is None:
+        fail(f"plan_id: no stored plan with id {plan_id!r}")
+    console.print(f"deleted {plan_id}")
+
+
+@commands.command()
+@user_errors
+def serve(
+    host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port")] = 8000,
+    workers: Annotated[int, typer.Option(min=1, max=64, help="uvicorn worker processes")] = 1,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "info",
+) -> None:
+    """Run the planning service (REST API under /v1, docs at /docs) on the configured store."""
+    import uvicorn
+
+    from ppplan.api.settings import get_settings
+    from ppplan.api.store.migrate import ensure_schema
+
+    url = get_settings().database_url
+    ensure_schema(url)  # once here, so several workers do not race on the migration
+    console.print(f"ppplan service on http://{host}:{port}/docs — store {_redact(url)}", highlight=False)
+    uvicorn.run("ppplan.api.app:create_app", factory=True, host=host, port=port, workers=workers, log_level=log_level)
+
+
+def _redact(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+@db_app.command("upgrade")
+@user_errors
+def db_upgrade(revision: Annotated[str, typer.Argument(help="target revision")] = "head") -> None:
+    """Bring the store's schema to REVISION (default the newest)."""
+    from ppplan.api.settings import get_settings
+    from ppplan.api.store import migrate
+
+    url = get_settings().database_url
+    migrate.upgrade(url, revision)
+    console.print(f"{_redact(url)} at revision {migrate.current(url)}", highlight=False)
+
+
+@db_app.command("downgrade")
+@user_errors
+def db_downgrade(revision: Annotated[str, typer.Argument(help="target revision ('base' drops every table)")]) -> None:
+    """Take the store's schema back to REVISION."""
+    from ppplan.api.settings import get_settings
+    from ppplan.api.store import migrate
+
+    url = get_settings().database_url
+    migrate.downgrade(url, revision)
+    console.print(f"{_redact(url)} at revision {migrate.current(url) or 'base (empty)'}", highlight=False)
+
+
+@db_app.command("current")
+@user_errors
+def db_current() -> None:
+    """Print the store's URL and schema revision."""
+    from ppplan.api.settings import get_settings
+    from ppplan.api.store import migrate
+
+    url = get_settings().database_url
+    cur = migrate.current(url)
+    console.print(f"{_redact(url)} at revision {cur or 'base (empty)'}; head is {migrate.head()}", highlight=False)

@@ -1,0 +1,36 @@
+"""One wording for user errors across the CLI (exit 2) and the API (HTTP 422)."""
+
+from __future__ import annotations
+
+from pydantic import ValidationError
+
+from ppplan.api.store.repo import Conflict
+from ppplan.core.errors import PpplanError
+
+__all__ = ["USER_ERRORS", "describe_error", "format_validation_error"]
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    """'field: rule (got value)' for each error of a pydantic validation, joined by '; '."""
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(x) for x in err["loc"] if x != "body")
+        msg = err["msg"].removeprefix("Value error, ")
+        if not loc or msg.startswith(f"{loc}:"):
+            parts.append(msg)  # model-level rules already start with the fields they name
+        else:
+            got = err.get("input")
+            shown = "" if isinstance(got, dict) or got is None else f" (got {got!r})"
+            parts.append(f"{loc}: {msg}{shown}")
+    return "; ".join(parts)
+
+
+def describe_error(exc: BaseException) -> str:
+    """The one-line message of a user error."""
+    if isinstance(exc, ValidationError):
+        return format_validation_error(exc)
+    return str(exc)
+
+
+USER_ERRORS: tuple[type[BaseException], ...] = (ValidationError, PpplanError, Conflict)
+"""What the CLI reports in one line with exit status 2 (the API: 422, or 409 for a Conflict)."""

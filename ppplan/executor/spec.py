@@ -1,0 +1,157 @@
+"""What one executor run does: the plan, the device, the workload, the timeouts (plain data).
+
+The launching process writes a :class:`RunSpec` as JSON into the run folder; every rank reads it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from ppplan.core.errors import PpplanError
+
+__all__ = [
+    "CHECK_WORKLOAD",
+    "DTYPES",
+    "ExecutorError",
+    "RankFailedError",
+    "RunSpec",
+    "Workload",
+    "resolve_workload",
+]
+
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+class ExecutorError(PpplanError):
+    """A plan or option the executor cannot run; the message names the field, the value and the rule."""
+
+
+class RankFailedError(RuntimeError):
+    """A rank died or timed out; the message says which rank, which stage and why."""
+
+
+@dataclass(kw_only=True, slots=True, frozen=True)
+class Workload:
+    """The batch one run pushes through the pipeline."""
+
+    prompt_tokens: int
+    """tokens per prompt (all prompts have this length: causal masks need no padding)"""
+    new_tokens: int
+    """tokens generated per sequence (the first comes from prefill, the rest from decode steps)"""
+    micro_batches: int
+    """micro-batches in flight (the plan's M)"""
+    micro_batch_size: int
+    """sequences per micro-batch (the plan's b)"""
+
+    def __post_init__(self) -> None:
+        for name in ("prompt_tokens", "new_tokens", "micro_batches", "micro_batch_size"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 1:
+                raise ExecutorError(name, rule=f"must be a positive integer, got {v!r}")
+
+
+#: the batch a correctness check runs when a plan made for another device kind runs on CPU ranks:
+#: an H100 plan's 64 × 2048-token prompts would only slow the check down, not test the cut better
+CHECK_WORKLOAD = {"prompt_tokens": 16, "new_tokens": 8, "micro_batch_size": 2}
+
+
+def resolve_workload(
+    plan: dict[str, Any],
+    device: str,
+    *,
+    prompt_tokens: int | None = None,
+    new_tokens: int | None = None,
+    micro_batches: int | None = None,
+    micro_batch_size: int | None = None,
+) -> tuple[Workload, str]:
+    """The workload of a run and a sentence saying where it came from.
+
+    The plan's own workload (prompt tokens, output tokens, its M micro-batches of b) unless the plan
+    was made for another device kind than ``device`` (a GPU plan checked on CPU ranks), in which case
+    :data:`CHECK_WORKLOAD` with the plan's M; explicit options override either.
+    """
+    gpu = str(plan["cluster"]["gpu"])
+    deg, wl = plan["degrees"], plan["workload"]
+    same_kind = (gpu == "CPU") == (device == "cpu")
+    if same_kind:
+        base = {
+            "prompt_tokens": int(wl["prompt_tokens"]),
+            "new_tokens": int(wl["output_tokens"]),
+            "micro_batch_size": int(deg["micro_batch_size"]),
+        }
+        why = "the plan's workload"
+    else:
+        base = dict(CHECK_WORKLOAD)
+        why = (
+            f"a correctness-check workload (the plan is for {gpu}, this run uses {device} ranks; "
+            "pass --prompt-tokens/--new-tokens/--micro-batch-size to change it)"
+        )
+    base["micro_batches"] = int(deg["micro_batches"])
+    overrides = {
+        "prompt_tokens": prompt_tokens,
+        "new_tokens": new_tokens,
+        "micro_batches": micro_batches,
+        "micro_batch_size": micro_batch_size,
+    }
+    given = {k: v for k, v in overrides.items() if v is not None}
+    if given:
+        why += " with " + ", ".join(f"{k}={v}" for k, v in given.items()) + " from the options"
+    base.update(given)
+    return Workload(**base), why
+
+
+@dataclass(kw_only=True, slots=True)
+class RunSpec:
+    """One run of a plan, as every rank sees it (JSON in the run folder)."""
+
+    plan_path: str
+    """the Plan JSON v1 file (a copy in the run folder)"""
+    device: Literal["cpu", "cuda"] = "cpu"
+    """where ranks compute; 'cuda' uses GPU local_rank % device_count"""
+    backend: Literal["gloo", "nccl"] = "gloo"
+    """torch.distributed backend: gloo on CPU (and on a GPU shared by several ranks), NCCL otherwise"""
+    dtype: str = "float32"
+    """parameter and activation dtype: float32, bfloat16 or float16"""
+    workload: dict[str, int] = field(default_factory=dict)
+    """:class:`Workload` fields"""
+    seed: int = 0
+    """global seed of random weights and prompts"""
+    checkpoint: str | None = None
+    """a .safetensors file or folder; None means seeded random weights"""
+    out_dir: str = "."
+    """rank 0 writes ``result.json`` and ``outputs.pt`` here (atomically)"""
+    timeout_s: float = 60.0
+    """longest a rank waits on a receive or a collective before it fails (seconds)"""
+    warmup: bool = True
+    """run a short unmeasured prefill + decode first (allocator, kernels, sockets)"""
+    stage_first_rank: list[int] = field(default_factory=list)
+    """global rank of each stage's first TP rank (filled by the launcher)"""
+    tp: int = 1
+    """tensor-parallel ranks per stage"""
+
+    def __post_init__(self) -> None:
+        if self.device not in ("cpu", "cuda"):
+            raise ExecutorError("device", rule=f"{self.device!r} must be 'cpu' or 'cuda'")
+        if self.dtype not in DTYPES:
+            raise ExecutorError("dtype", rule=f"{self.dtype!r} must be one of {', '.join(DTYPES)}")
+        if self.timeout_s <= 0:
+            raise ExecutorError("timeout_s", rule=f"must be positive seconds, got {self.timeout_s}")
+
+    def save(self, path: Path) -> None:
+        """Write the spec as JSON to ``path`` (atomically)."""
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(json.dumps(asdict(self), indent=1))
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: Path) -> RunSpec:
+        """Read a spec written by :meth:`save`."""
+        return cls(**json.loads(Path(path).read_text()))
+
+    @property
+    def load_workload(self) -> Workload:
+        """The workload as a :class:`Workload`."""
+        return Workload(**self.workload)
