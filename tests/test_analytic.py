@@ -9,6 +9,7 @@ from ppplan.core.dtypes import linear_weight_bytes
 from ppplan.core.gpus import UnknownGPUError, get_gpu, list_gpus
 from ppplan.core.profile import Profile
 from ppplan.profiler.analytic import analytic_profile, model_spec
+from ppplan.profiler.profile_file import load_profile
 
 
 def test_linear_weight_bytes_include_scales() -> None:
@@ -98,8 +99,6 @@ def test_causal_pairs() -> None:
 
 
 def test_profile_round_trip(tmp_path) -> None:
-    from ppplan.profiler.profile_file import load_profile
-
     prof = analytic_profile(model_spec("tiny-moe"))
     path = tmp_path / "p.json"
     path.write_text(prof.to_json())

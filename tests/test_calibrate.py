@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from ppplan.api.cli import app
 from ppplan.core.costmodel import CostModel
 from ppplan.core.gpus import get_gpu
 from ppplan.core.profile import Efficiency, MeasuredPoint, ProfileError
@@ -86,8 +87,6 @@ def test_fit_rejects_bad_points() -> None:
 
 
 def test_cli_calibrate(tmp_path: Path) -> None:
-    from ppplan.api.cli import app
-
     # a measured profile with synthetic points (the measuring itself is tested elsewhere)
     ana = analytic_profile(model_spec("tiny-llama"))
     pts = _synthetic_points("tiny-llama")

@@ -9,7 +9,9 @@ from __future__ import annotations
 from importlib import resources
 
 import pytest
+from typer.testing import CliRunner
 
+from ppplan.api.cli import app
 from ppplan.core.profile import Profile
 from ppplan.profiler.analytic import model_spec
 from ppplan.profiler.calibrate import fit_efficiency, held_out_errors, points_from_profile
@@ -49,10 +51,6 @@ def test_calibration_on_the_8b_predicts_the_large_dense_models_within_15_percent
 
 
 def test_plan_with_a_shipped_profile_by_name() -> None:
-    from typer.testing import CliRunner
-
-    from ppplan.api.cli import app
-
     r = CliRunner().invoke(
         app,
         [

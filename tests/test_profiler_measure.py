@@ -9,10 +9,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from ppplan.api.cli import app
 from ppplan.core.costmodel import CostModel
 from ppplan.core.gpus import get_gpu, list_gpus
 from ppplan.core.profile import Profile
 from ppplan.profiler.analytic import analytic_profile, model_spec
+from ppplan.profiler.configs import load_model_config
 from ppplan.profiler.measure import (
     CPU_GRIDS,
     CUDA_GRIDS,
@@ -23,6 +25,8 @@ from ppplan.profiler.measure import (
     resolve_cuda_gpu,
     run_profile,
 )
+from ppplan.profiler.measure.device import Device
+from ppplan.profiler.measure.memory import grids_that_fit, point_memory
 from ppplan.profiler.profile_file import load_profile
 
 #: a grid small enough for CI yet with tokens far enough apart that time must grow
@@ -173,7 +177,6 @@ def test_cuda_device_names_map_to_the_catalog() -> None:
 
 
 def test_cli_profile_plan_and_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from ppplan.api.cli import app
 
     runner = CliRunner()
     monkeypatch.setenv(GRID_ENV, "prefill=16,64;batch=1,4;context=64")
@@ -241,27 +244,25 @@ def test_cuda_profile_tiny_models() -> None:
 def test_default_grid_falls_back_to_one_that_fits_memory() -> None:
     """MLA on CUDA materialises fp32 scores (DeepSeek-V3 asked an H100 for 64 GiB at 8192 tokens): the
     memory plan counts them, and a default grid steps down to the finest one the device holds."""
-    from ppplan.profiler.measure import _Device, _grids_that_fit, _point_memory
 
     prof = analytic_profile(model_spec("deepseek-v3"), weight_dtype="bf16", kv_dtype="bf16")
     spec = model_spec("deepseek-v3")
     mla = next(u for u in prof.units if u.kind == "decoder" and u.attention == "mla")
-    need = _point_memory(mla, spec, "prefill", 1, 8192, 8192, 2, cuda=True)
+    need = point_memory(mla, spec, "prefill", 1, 8192, 8192, 2, cuda=True)
     assert need - mla.weight_bytes >= 64 * 2**30
     llama = analytic_profile(model_spec("llama-3.1-70b"), weight_dtype="bf16", kv_dtype="bf16")
     lay = next(u for u in llama.units if u.kind == "decoder")
-    assert _point_memory(lay, model_spec("llama-3.1-70b"), "prefill", 1, 8192, 8192, 2, cuda=True) < 4 * 2**30
-    dev = _Device(torch_device=torch.device("cpu"), catalog=get_gpu("H100-SXM-80GB"), name="fake", cuda=True)
+    assert point_memory(lay, model_spec("llama-3.1-70b"), "prefill", 1, 8192, 8192, 2, cuda=True) < 4 * 2**30
+    dev = Device(torch_device=torch.device("cpu"), catalog=get_gpu("H100-SXM-80GB"), name="fake", cuda=True)
     distinct = list({u.signature: u for u in prof.units}.values())
-    fits = _grids_that_fit(list(CUDA_GRIDS), distinct, spec, dev, 2, 79 * 2**30)
+    fits = grids_that_fit(list(CUDA_GRIDS), distinct, spec, dev, 2, 79 * 2**30)
     assert fits and fits[0] is CUDA_GRIDS[1] and max(fits[0].prefill_tokens) == 4096
-    assert _grids_that_fit(list(CUDA_GRIDS), distinct, spec, dev, 2, 2**30) == [CUDA_GRIDS[-1]]
+    assert grids_that_fit(list(CUDA_GRIDS), distinct, spec, dev, 2, 2**30) == [CUDA_GRIDS[-1]]
 
 
 def test_gemma3_per_layer_type_rotary_profiles(tmp_path: Path) -> None:
     """Gemma 3 keeps one rotary table per layer type (its forward needs the type): a shrunk Gemma-3
     config with sliding and full layers profiles, and its sliding layers cache at most the window."""
-    from ppplan.profiler.configs import load_model_config
 
     raw = dict(load_model_config("gemma-3-27b").raw)
     raw.update(

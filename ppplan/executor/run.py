@@ -10,10 +10,12 @@ import json
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from ppplan.executor.launch import LaunchOptions, launch
-from ppplan.executor.spec import ExecutorError, RankFailedError, RunSpec, resolve_workload
+from ppplan.executor.report import build_report
+from ppplan.executor.spec import ExecutorError, RankFailedError, RunSpec, as_device, resolve_workload
+from ppplan.profiler.configs import ModelConfigError, load_model_config
 
 __all__ = ["check_runnable", "model_name_of", "run_plan"]
 
@@ -24,8 +26,6 @@ def model_name_of(plan: dict[str, Any]) -> str:
     Raises:
         ExecutorError: the plan's config cannot be found or changed since planning.
     """
-    from ppplan.profiler.configs import ModelConfigError, load_model_config
-
     src = str(plan["model_source"])
     name = src.removeprefix("preset:")
     try:
@@ -49,7 +49,7 @@ def check_runnable(plan: dict[str, Any], device: str, dtype: str = "float32") ->
     if device == "cpu":
         _check_host_memory(plan, _DTYPE_BYTES.get(dtype, 4))
     if deg["tp"] > 1 and device == "cuda":
-        import torch
+        import torch  # lazy: importing the executor (the CLI) must not import torch
 
         if torch.cuda.device_count() < deg["tp"] * deg["pp"]:
             raise ExecutorError(
@@ -64,7 +64,7 @@ def check_runnable(plan: dict[str, Any], device: str, dtype: str = "float32") ->
             "independent copies of the same cut)"
         )
     if device == "cuda":
-        import torch
+        import torch  # lazy: importing the executor (the CLI) must not import torch
 
         if not torch.cuda.is_available():
             raise ExecutorError("device", rule="'cuda' requested but torch sees no CUDA GPU (use --device cpu)")
@@ -104,7 +104,7 @@ _DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 def _check_host_memory(plan: dict[str, Any], dtype_bytes: int = 4) -> None:
     """Refuse a CPU run whose weights cannot fit in this host's memory: the ranks hold the model once
     between them (a TP rank its whole stage before sharding), the unsplit reference holds it again."""
-    from ppplan.profiler.measure import host_available_bytes
+    from ppplan.profiler.measure import host_available_bytes  # lazy: imports torch, which a run's parent avoids
 
     params = int(plan["model"]["total_params"])
     need = params * dtype_bytes * (1 + int(plan["degrees"]["tp"]))
@@ -171,9 +171,9 @@ def run_plan(
     )
     pp, tp = plan["degrees"]["pp"], plan["degrees"]["tp"]
     world = pp * tp
-    backend = "gloo"
+    backend: Literal["gloo", "nccl"] = "gloo"
     if device == "cuda":
-        import torch
+        import torch  # lazy: importing the executor (the CLI) must not import torch
 
         local = world // opts.nnodes
         backend = "nccl" if local <= torch.cuda.device_count() else "gloo"
@@ -192,7 +192,7 @@ def run_plan(
         plan_path.write_text(json.dumps(plan))
         spec = RunSpec(
             plan_path=str(plan_path),
-            device=device,
+            device=as_device(device),
             backend=backend,
             dtype=dtype,  # type: ignore[arg-type]
             workload={
@@ -220,9 +220,9 @@ def run_plan(
         result = json.loads(result_path.read_text())
         chk = None
         if check:
-            import torch
+            import torch  # lazy: importing the executor (the CLI) must not import torch
 
-            from ppplan.executor.reference import compare, reference_outputs
+            from ppplan.executor.reference import compare, reference_outputs  # lazy: imports torch
 
             outputs = torch.load(rdir / "outputs.pt")
             ref = reference_outputs(
@@ -231,8 +231,6 @@ def run_plan(
             chk = compare(outputs, ref, dtype).to_dict()
             if not own_dir:  # the caller keeps the run folder: keep the reference beside the outputs
                 torch.save(ref, rdir / "reference.pt")
-        from ppplan.executor.report import build_report
-
         report = build_report(plan, result, workload_note=why, check=chk, device=device, plan_id=plan_id)
         report["notes"].extend(notes)
         return report

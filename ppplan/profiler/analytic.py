@@ -3,7 +3,7 @@
 Model descriptions come from a transformers model built on the meta device (exact parameter
 counts). Building imports torch and takes seconds for the largest models, so descriptions are
 cached as JSON keyed by config hash and transformers version: the bundled presets ship theirs
-(``profiler/presets/specs``, checked against a fresh build by the tests), other configs are cached in
+(``ppplan/profiler/presets/specs``, checked against a fresh build by the tests), other configs are cached in
 the user's cache directory after their first build.
 """
 
@@ -14,7 +14,10 @@ import json
 import os
 from functools import cache
 from importlib import resources
+from importlib.metadata import version
 from pathlib import Path
+
+from platformdirs import user_cache_dir
 
 from ppplan.core.costmodel import COST_MODEL_VERSION
 from ppplan.core.dtypes import KV_DTYPES, QUANTIZATION_NOTES, WEIGHT_DTYPES, element_bytes, unquantized_dtype
@@ -25,19 +28,13 @@ from ppplan.profiler.configs import ModelConfig, load_model_config
 
 __all__ = ["COST_MODEL_VERSION", "analytic_profile", "model_identity", "model_spec", "spec_cache_key"]
 
-#: version of the ModelSpec extraction in profiler.models; bump when a unit field changes
+#: version of the ModelSpec extraction in ppplan.profiler.models; bump when a unit field changes
 SPEC_VERSION = 1
-
-
-def _transformers_version() -> str:
-    from importlib.metadata import version
-
-    return version("transformers")
 
 
 def spec_cache_key(cfg: ModelConfig) -> str:
     """Key of a cached description: config hash, spec version and transformers version."""
-    return f"{cfg.config_hash[:20]}-s{SPEC_VERSION}-tf{_transformers_version()}"
+    return f"{cfg.config_hash[:20]}-s{SPEC_VERSION}-tf{version('transformers')}"
 
 
 def _shipped_spec_path(cfg: ModelConfig) -> Path:
@@ -48,8 +45,6 @@ def _user_cache_dir() -> Path:
     env = os.environ.get("PPPLAN_CACHE_DIR")
     if env:
         return Path(env)
-    from platformdirs import user_cache_dir
-
     return Path(user_cache_dir("ppplan"))
 
 
@@ -66,6 +61,13 @@ def _read_spec(path: Path, cfg: ModelConfig) -> ModelSpec | None:
         return None
 
 
+def _describe(cfg: ModelConfig) -> ModelSpec:
+    """Build ``cfg`` on the meta device (seconds for the largest models)."""
+    from ppplan.profiler.models import describe_model  # lazy: imports torch; planning a preset must not
+
+    return describe_model(cfg)
+
+
 @cache
 def _spec_for(name: str, config_hash: str, model: str) -> ModelSpec:
     cfg = load_model_config(model)
@@ -78,9 +80,7 @@ def _spec_for(name: str, config_hash: str, model: str) -> ModelSpec:
     spec = _read_spec(cache_path, cfg)
     if spec is not None:
         return spec.model_copy(update={"name": cfg.name})
-    from ppplan.profiler.models import describe_model  # imports torch and transformers
-
-    spec = describe_model(cfg)
+    spec = _describe(cfg)
     try:
         cache_path.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache_path.with_suffix(".tmp")
@@ -99,9 +99,7 @@ def model_spec(model: str | ModelConfig) -> ModelSpec:
     """The planning units of a preset name, a config path or a loaded config (cached, see module doc)."""
     cfg = model if isinstance(model, ModelConfig) else load_model_config(model)
     if isinstance(model, ModelConfig) and not cfg.source.startswith("preset:") and not Path(cfg.source).exists():
-        from ppplan.profiler.models import describe_model
-
-        return describe_model(cfg)
+        return _describe(cfg)
     src = cfg.source.removeprefix("preset:")
     return _spec_for(cfg.name, cfg.config_hash, src)
 
@@ -121,12 +119,14 @@ def analytic_profile(spec: ModelSpec, weight_dtype: str = "bf16", kv_dtype: str 
     stages), in the activation dtype.
 
     Raises:
-        ValueError: unknown weight or KV dtype, naming the field and the allowed values.
+        PpplanError: unknown weight or KV dtype, naming the field and the allowed values.
     """
     if weight_dtype not in WEIGHT_DTYPES:
-        raise PpplanError("weight_dtype", rule=f"{weight_dtype!r} is not one of {', '.join(WEIGHT_DTYPES)}")
+        raise PpplanError(
+            "weight_dtype", weight_dtype, rule=f"{weight_dtype!r} is not one of {', '.join(WEIGHT_DTYPES)}"
+        )
     if kv_dtype not in KV_DTYPES:
-        raise PpplanError("kv_dtype", rule=f"{kv_dtype!r} is not one of {', '.join(KV_DTYPES)}")
+        raise PpplanError("kv_dtype", kv_dtype, rule=f"{kv_dtype!r} is not one of {', '.join(KV_DTYPES)}")
     act_dtype = unquantized_dtype(weight_dtype)
     act = int(element_bytes(act_dtype))
     kvb = element_bytes(kv_dtype)

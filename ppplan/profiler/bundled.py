@@ -1,4 +1,4 @@
-"""Measured profiles shipped with ppplan (``profiler/data/profiles/MODEL.DTYPE.GPU.json``).
+"""Measured profiles shipped with ppplan (``ppplan/profiler/data/profiles/MODEL.DTYPE.GPU.json``).
 
 Real measurements taken on the GPU named in each file (see that folder's README); a plan made with
 one names it in its provenance. Plan with ``--profile llama-3.1-70b.bf16.H100-SXM-80GB``.
@@ -7,6 +7,7 @@ one names it in its provenance. Plan with ``--profile llama-3.1-70b.bf16.H100-SX
 from __future__ import annotations
 
 from importlib import resources
+from importlib.resources.abc import Traversable
 
 from ppplan.core.profile import Profile, ProfileError
 from ppplan.profiler.profile_file import load_profile
@@ -14,7 +15,7 @@ from ppplan.profiler.profile_file import load_profile
 __all__ = ["bundled_profile", "bundled_profiles"]
 
 
-def _folder():  # type: ignore[no-untyped-def]
+def _folder() -> Traversable:
     return resources.files("ppplan.profiler") / "data" / "profiles"
 
 
@@ -33,6 +34,7 @@ def bundled_profile(name: str) -> Profile:
     if stem not in bundled_profiles():
         raise ProfileError(
             "profile",
+            name,
             rule=f"{name!r} is neither a file, a stored profile id nor a shipped profile "
             f"({', '.join(bundled_profiles())})",
         )

@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from ppplan.core.costmodel import CostModel
 from ppplan.core.gpus import GPUSpec, get_gpu
 from ppplan.core.profile import Efficiency, Profile, ProfileError
 
@@ -73,8 +74,6 @@ def points_from_profile(profile: Profile) -> list[CalibrationPoint]:
 
 def _components(profile: Profile, gpu: GPUSpec, points: Sequence[CalibrationPoint]) -> tuple[np.ndarray, np.ndarray]:
     """Compute time at peak (η_f = 1) and memory time at full bandwidth (η_b = 1), seconds per point."""
-    from ppplan.core.costmodel import CostModel
-
     analytic = profile.model_copy(update={"kind": "analytic", "calibration": {}})
     cm = CostModel(analytic, gpu)
     huge = 1e12  # the other roofline term vanishes next to this
@@ -105,9 +104,13 @@ def _validate(profile: Profile, points: Sequence[CalibrationPoint]) -> None:
     n = len(profile.units)
     for p in points:
         if not 0 <= p.unit < n:
-            raise ProfileError("calibration", rule=f"point unit {p.unit} is outside 0..{n - 1} of {profile.model.name}")
+            raise ProfileError(
+                "calibration", p.unit, rule=f"point unit {p.unit} is outside 0..{n - 1} of {profile.model.name}"
+            )
         if not (p.seconds > 0 and math.isfinite(p.seconds)):
-            raise ProfileError("calibration", rule=f"point of unit {p.unit} has seconds {p.seconds!r}; must be > 0")
+            raise ProfileError(
+                "calibration", p.seconds, rule=f"point of unit {p.unit} has seconds {p.seconds!r}; must be > 0"
+            )
         if p.tokens <= 0 or p.batch <= 0:
             raise ProfileError(
                 "calibration",
@@ -251,8 +254,6 @@ def apply_calibration(profile: Profile, gpu: str, efficiency: Efficiency) -> Pro
 def predict_points(profile: Profile, gpu: str | GPUSpec, points: Sequence[CalibrationPoint]) -> np.ndarray:
     """Seconds the cost model predicts for each point with the profile's calibration (analytic only:
     the profile's measured points are ignored, so this tests the calibrated roofline itself)."""
-    from ppplan.core.costmodel import CostModel
-
     spec = gpu if isinstance(gpu, GPUSpec) else get_gpu(gpu)
     cm = CostModel(profile.model_copy(update={"kind": "analytic"}), spec)
     out = np.empty(len(points))

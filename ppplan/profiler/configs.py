@@ -1,7 +1,7 @@
 """Model configs: bundled presets (config.json files, no weights) and local Hugging Face configs.
 
 No torch here: loading and hashing a config is plain JSON. Building the model is
-:mod:`profiler.models`.
+:mod:`ppplan.profiler.models`.
 """
 
 from __future__ import annotations
@@ -121,39 +121,52 @@ def check_config(raw: dict[str, Any], source: str) -> None:
             that contradict each other (KV heads not dividing heads, top-k above the expert count).
     """
     cfg = {**raw, **raw["text_config"]} if isinstance(raw.get("text_config"), dict) else raw
-
-    def bad(key: str, rule: str) -> ModelConfigError:
-        return ModelConfigError("model", cfg.get(key), rule=f"{key} {cfg.get(key)!r} in {source} {rule}")
-
-    def positive(key: str, bound: int, required: bool) -> None:
-        v = cfg.get(key)
-        if v is None:
-            if required:
-                raise ModelConfigError("model", rule=f"{source} has no {key}; a decoder config needs it")
-            return
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise bad(key, "must be an integer ≥ 1")
-        if v > bound:
-            raise bad(key, f"exceeds {bound}, the largest this planner accepts")
-
     for key, bound in _REQUIRED.items():
-        positive(key, bound, True)
+        _check_size(cfg, source, key, bound, required=True)
     for key, bound in _OPTIONAL.items():
-        positive(key, bound, False)
+        _check_size(cfg, source, key, bound, required=False)
+    _check_relations(cfg, source)
+
+
+def _bad(cfg: dict[str, Any], source: str, key: str, rule: str) -> ModelConfigError:
+    return ModelConfigError("model", cfg.get(key), rule=f"{key} {cfg.get(key)!r} in {source} {rule}")
+
+
+def _check_size(cfg: dict[str, Any], source: str, key: str, bound: int, *, required: bool) -> None:
+    """``cfg[key]`` is an integer in 1..``bound`` (or absent, when not ``required``)."""
+    v = cfg.get(key)
+    if v is None:
+        if required:
+            raise ModelConfigError("model", rule=f"{source} has no {key}; a decoder config needs it")
+        return
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        raise _bad(cfg, source, key, "must be an integer ≥ 1")
+    if v > bound:
+        raise _bad(cfg, source, key, f"exceeds {bound}, the largest this planner accepts")
+
+
+def _check_relations(cfg: dict[str, Any], source: str) -> None:
+    """Sizes that must agree with each other (run after every size is known to be a positive integer)."""
     heads, kv = cfg["num_attention_heads"], cfg.get("num_key_value_heads") or cfg["num_attention_heads"]
     if heads % kv:
-        raise bad("num_key_value_heads", f"must divide num_attention_heads ({heads})")
+        raise _bad(cfg, source, "num_key_value_heads", f"must divide num_attention_heads ({heads})")
     if cfg.get("head_dim") is None and cfg.get("kv_lora_rank") is None and cfg["hidden_size"] % heads:
-        raise bad("hidden_size", f"must be a multiple of num_attention_heads ({heads}) when head_dim is not given")
+        raise _bad(
+            cfg,
+            source,
+            "hidden_size",
+            f"must be a multiple of num_attention_heads ({heads}) when head_dim is not given",
+        )
     experts = cfg.get("n_routed_experts") or cfg.get("num_local_experts") or cfg.get("num_experts")
     top_k = cfg.get("num_experts_per_tok")
     if experts and top_k and top_k > experts:
-        raise bad("num_experts_per_tok", f"exceeds the {experts} experts")
+        raise _bad(cfg, source, "num_experts_per_tok", f"exceeds the {experts} experts")
     dense = cfg.get("first_k_dense_replace")
     if dense is not None and (
         isinstance(dense, bool) or not isinstance(dense, int) or dense < 0 or dense > cfg["num_hidden_layers"]
     ):
-        raise bad("first_k_dense_replace", f"must be an integer in 0..num_hidden_layers ({cfg['num_hidden_layers']})")
+        layers = cfg["num_hidden_layers"]
+        raise _bad(cfg, source, "first_k_dense_replace", f"must be an integer in 0..num_hidden_layers ({layers})")
 
 
 def load_model_config(model: str) -> ModelConfig:
@@ -171,7 +184,9 @@ def load_model_config(model: str) -> ModelConfig:
         try:
             raw = json.loads(path.read_text())
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ModelConfigError("model", rule=f"{str(path)!r} is not a readable JSON config ({exc})") from None
+            raise ModelConfigError(
+                "model", str(path), rule=f"{str(path)!r} is not a readable JSON config ({exc})"
+            ) from None
         name = path.parent.name if path.name == "config.json" else path.stem
         source = str(path.resolve())
     else:
@@ -180,7 +195,9 @@ def load_model_config(model: str) -> ModelConfig:
         if key == "index" or not preset.is_file():
             known = ", ".join(p.name for p in list_presets())
             raise ModelConfigError(
-                "model", rule=f"{model!r} is neither a bundled preset nor an existing config file; presets: {known}"
+                "model",
+                model,
+                rule=f"{model!r} is neither a bundled preset nor an existing config file; presets: {known}",
             )
         raw = json.loads(preset.read_text())
         name, source = key, f"preset:{key}"

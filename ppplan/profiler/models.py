@@ -17,6 +17,7 @@ from typing import Any, cast
 
 import torch
 from torch import nn
+from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
 from ppplan.core.dtypes import WEIGHT_DTYPES, linear_weight_bytes
 from ppplan.core.spec import ModelSpec, UnitSpec
@@ -29,8 +30,6 @@ _KV_PROJ = ("k_proj", "v_proj")
 
 def build_hf_config(cfg: ModelConfig) -> Any:
     """The transformers ``PretrainedConfig`` of ``cfg`` (text part for multimodal configs)."""
-    from transformers import AutoConfig
-
     raw = dict(cfg.raw)
     model_type = raw.pop("model_type")
     for key in ("auto_map", "quantization_config", "transformers_version"):
@@ -40,11 +39,17 @@ def build_hf_config(cfg: ModelConfig) -> Any:
     except (ValueError, KeyError) as exc:
         if f"{model_type!r}" in str(exc) or "Unrecognized" in str(exc):
             raise ModelConfigError(
-                "model", rule=f"model_type {model_type!r} of {cfg.source!r} is not known to this transformers ({exc})"
+                "model",
+                cfg.source,
+                rule=f"model_type {model_type!r} of {cfg.source!r} is not known to this transformers ({exc})",
             ) from None
-        raise ModelConfigError("model", rule=f"transformers rejects {cfg.source!r}: {_first_line(exc)}") from None
+        raise ModelConfigError(
+            "model", cfg.source, rule=f"transformers rejects {cfg.source!r}: {_first_line(exc)}"
+        ) from None
     except Exception as exc:  # transformers' own strict-dataclass validation of config fields
-        raise ModelConfigError("model", rule=f"transformers rejects {cfg.source!r}: {_first_line(exc)}") from None
+        raise ModelConfigError(
+            "model", cfg.source, rule=f"transformers rejects {cfg.source!r}: {_first_line(exc)}"
+        ) from None
     text = hf.get_text_config() if hasattr(hf, "get_text_config") else hf
     return text
 
@@ -54,10 +59,8 @@ def _first_line(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
-def build_meta_model(hf_config: Any) -> nn.Module:
+def build_meta_model(hf_config: Any) -> PreTrainedModel:
     """Instantiate the causal-LM model of ``hf_config`` on the meta device (no memory, no download)."""
-    from transformers import AutoModelForCausalLM
-
     logging.getLogger("transformers").setLevel(logging.ERROR)
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
@@ -230,19 +233,21 @@ def describe_model(cfg: ModelConfig) -> ModelSpec:
     head = cast(nn.Module | None, model.get_output_embeddings())
     names = {id(m): n for n, m in model.named_modules()}
     emb_name, head_name = names[id(emb)], names[id(head)] if head is not None else None
-    tied = head is not None and head.weight is emb.weight
+    emb_weight = cast(torch.Tensor, emb.weight)
+    head_weight = cast(torch.Tensor, head.weight) if head is not None else None
+    tied = head_weight is not None and head_weight is emb_weight
 
     def plain(numel: int) -> dict[str, int]:
         return {dt: numel * 2 for dt in WEIGHT_DTYPES}  # embedding/head/norms stay 16-bit
 
-    emb_numel = emb.weight.numel()
-    hidden, vocab = int(hf.hidden_size), int(emb.weight.shape[0])
+    emb_numel = emb_weight.numel()
+    hidden, vocab = int(hf.hidden_size), int(emb_weight.shape[0])
     units: list[UnitSpec] = [
         UnitSpec(
             index=0,
             kind="embed",
             modules=[emb_name],
-            signature=f"{type(emb).__name__}:{tuple(emb.weight.shape)}",
+            signature=f"{type(emb).__name__}:{tuple(emb_weight.shape)}",
             params=emb_numel,
             active_params=0,
             weight_bytes=plain(emb_numel),
@@ -264,7 +269,7 @@ def describe_model(cfg: ModelConfig) -> ModelSpec:
         mod_name = name.rsplit(".", 1)[0]
         if mod_name not in head_modules and mod_name != head_name:
             head_modules.append(mod_name)
-    head_weight_numel = head.weight.numel() if head is not None else 0
+    head_weight_numel = head_weight.numel() if head_weight is not None else 0
     norm_params = head_params - (0 if tied else head_weight_numel)
     head_modules.append(head_name or "lm_head")
     units.append(

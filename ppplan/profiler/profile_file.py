@@ -19,5 +19,5 @@ def load_profile(path: str | Path) -> Profile:
     try:
         text = p.read_text()
     except OSError as exc:
-        raise ProfileError("profile", rule=f"cannot read {str(p)!r} ({exc.strerror})") from None
+        raise ProfileError("profile", str(p), rule=f"cannot read {str(p)!r} ({exc.strerror})") from None
     return parse_profile(text, str(p))

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from ppplan.api.cli.common import err_console, fail, user_errors, write_json
+from ppplan.profiler.analytic import analytic_profile, model_spec
 
 __all__ = ["commands"]
 
@@ -47,11 +48,9 @@ def profile(
             f"(this host has {os.cpu_count()} CPUs)"
         )
     if analytic:
-        from ppplan.profiler.analytic import analytic_profile, model_spec
-
         prof = analytic_profile(model_spec(model), weight_dtype, kv_dtype)
     else:
-        from ppplan.profiler.measure import run_profile_cli  # imports torch
+        from ppplan.profiler.measure import run_profile_cli  # lazy: imports torch; the CLI must start without it
 
         prof = run_profile_cli(
             model=model,
