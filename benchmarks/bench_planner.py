@@ -7,7 +7,7 @@ degrees. Because the best plan often has PP = 1 (nothing to cut), a second block
 largest power of two that fits with TP = 8 (or TP = 1 for small models) to show what the cut buys.
 
 Usage: python benchmarks/bench_planner.py [--repeat 5]
-Target (issue 2): Llama-3.1-405B on 64 GPUs in under 100 ms on one core.
+Target: Llama-3.1-405B on 64 GPUs in under 100 ms on one core.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""The exact partitioner against brute force, plus its infeasibility reasons and input checks."""
+"""The exact partitioner against brute force, plus its infeasibility reasons and input checks; the
+one cut evaluator against hand sums."""
 
 from __future__ import annotations
 
@@ -9,36 +10,36 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ppplan.partitioner.dp import PartitionProblem, solve_partition, stage_bounds
+from ppplan.core.errors import PpplanError
+from ppplan.partitioner.dp import solve_partition
+from ppplan.partitioner.problem import PartitionProblem, evaluate_cut, stage_bounds
+
+
+def _cuts(n: int, p: int):
+    """Every cut of n units into p non-empty stages, as sizes."""
+    for cuts in itertools.combinations(range(1, n), p - 1):
+        b = [0, *cuts, n]
+        yield [b[k + 1] - b[k] for k in range(p)]
 
 
 def brute_force(pr: PartitionProblem) -> tuple[float, float] | None:
     """(best bottleneck, best headroom among bottleneck-optimal cuts) by enumerating every cut."""
-    n, p = len(pr.time), pr.stages
-    mem = pr.memory or (0.0,) * n
-    peak = pr.peak or (0.0,) * n
     kv = pr.kv_memory
-    sends = pr.send_time or (0.0,) * (p - 1)
     best: tuple[float, float] | None = None
-    for cuts in itertools.combinations(range(1, n), p - 1):
-        b = [0, *cuts, n]
-        times, heads, ok = [], [], True
-        for k in range(p):
-            a, e = b[k], b[k + 1]
-            times.append(sum(pr.time[a:e]) + (sends[k] if k < p - 1 else 0.0))
-            m = sum(mem[a:e]) + max(peak[a:e])
-            if pr.memory_limit is not None and m > pr.memory_limit * (1 + 1e-9):
-                ok = False
+    for sizes in _cuts(len(pr.time), pr.stages):
+        ev = evaluate_cut(pr, sizes)
+        if not ev.fits:
+            continue
+        heads = []
+        for (a, e), m in zip(ev.bounds, ev.stage_memory, strict=True):
             if kv is not None and pr.memory_limit is not None:
-                k_b = sum(kv[a:e])
+                k_b = sum(kv[a : e + 1])
                 heads.append((pr.memory_limit - (m - k_b)) / k_b if k_b > 0 else math.inf)
             elif pr.memory_limit is not None:
                 heads.append(pr.memory_limit - m)
             else:
                 heads.append(-m)
-        if not ok:
-            continue
-        cand = (max(times), min(heads))
+        cand = (ev.bottleneck, min(heads))
         if best is None or cand[0] < best[0] - 1e-9 * max(1.0, best[0]):
             best = cand
         elif abs(cand[0] - best[0]) <= 1e-9 * max(1.0, best[0]) and cand[1] > best[1]:
@@ -181,20 +182,8 @@ def hetero_instances(draw: st.DrawFn) -> PartitionProblem:
 
 
 def brute_hetero(pr: PartitionProblem) -> float | None:
-    n, p = len(pr.time), pr.stages
-    best = None
-    for cuts in itertools.combinations(range(1, n), p - 1):
-        b = [0, *cuts, n]
-        worst, ok = 0.0, True
-        for k in range(p):
-            a, e = b[k], b[k + 1]
-            m = sum(pr.memory[a:e]) + max(pr.peak[a:e])
-            if m > pr.stage_memory_limit[k] * (1 + 1e-9):
-                ok = False
-            worst = max(worst, sum(pr.time[a:e]) * pr.stage_speed[k] + (pr.send_time[k] if k < p - 1 else 0.0))
-        if ok and (best is None or worst < best):
-            best = worst
-    return best
+    fitting = [ev.bottleneck for ev in (evaluate_cut(pr, c) for c in _cuts(len(pr.time), pr.stages)) if ev.fits]
+    return min(fitting, default=None)
 
 
 @settings(max_examples=200, deadline=None)
@@ -206,3 +195,41 @@ def test_heterogeneous_stages_match_brute_force(pr: PartitionProblem) -> None:
         assert res.status == "infeasible" and res.reason
     else:
         assert res.optimal and res.bottleneck == pytest.approx(expect)
+
+
+@settings(max_examples=200, deadline=None)
+@given(hetero_instances(), st.data())
+def test_evaluate_cut_matches_hand_sums(pr: PartitionProblem, data: st.DataObject) -> None:
+    """The one evaluator against the definition: units' time × speed + send; memory sum + largest peak."""
+    sizes = data.draw(st.sampled_from(list(_cuts(len(pr.time), pr.stages))))
+    ev = evaluate_cut(pr, sizes)
+    assert pr.stage_speed is not None and pr.stage_memory_limit is not None and pr.memory and pr.peak
+    for k, (a, b) in enumerate(stage_bounds(sizes)):
+        send = pr.send_time[k] if pr.send_time and k < pr.stages - 1 else 0.0
+        assert ev.stage_times[k] == pytest.approx(sum(pr.time[a : b + 1]) * pr.stage_speed[k] + send)
+        need = sum(pr.memory[a : b + 1]) + max(pr.peak[a : b + 1])
+        assert ev.stage_memory[k] == pytest.approx(need)
+        assert ev.stage_fits[k] == (ev.stage_memory[k] <= pr.stage_memory_limit[k] * (1 + 1e-9))
+    assert ev.bottleneck == max(ev.stage_times) and ev.fits == all(ev.stage_fits)
+
+
+def test_solution_numbers_are_the_evaluators() -> None:
+    pr = PartitionProblem(time=(0.1, 0.2, 0.3, 0.7, 0.11, 0.13), stages=3, send_time=(0.01, 0.02))
+    res = solve_partition(pr)
+    ev = evaluate_cut(pr, res.sizes)
+    assert (res.bottleneck, res.stage_times, res.stage_memory) == (ev.bottleneck, ev.stage_times, ev.stage_memory)
+    assert res.solver == "dp" and res.bound == res.bottleneck and res.gap == 0.0
+
+
+@pytest.mark.parametrize("sizes", [(1, 2), (2, 2, 0), (1, 1, 1, 1), (0, 4, 0)])
+def test_evaluate_cut_rejects_a_non_cut(sizes: tuple[int, ...]) -> None:
+    with pytest.raises(PpplanError, match=r"^sizes: must be 3 stage sizes"):
+        evaluate_cut(PartitionProblem(time=(1.0,) * 4, stages=3), sizes)
+
+
+def test_infeasible_solution_names_the_shortfall() -> None:
+    res = solve_partition(PartitionProblem(time=(1,) * 4, stages=2, memory=(3,) * 4, memory_limit=5))
+    assert res.status == "infeasible" and not res.has_cut and res.shortfall is not None
+    assert (res.shortfall.stage, res.shortfall.needed_bytes, res.shortfall.limit_bytes) == (0, 6, 5)
+    alone = solve_partition(PartitionProblem(time=(1, 1), stages=2, memory=(5, 5), memory_limit=4))
+    assert alone.shortfall is not None and alone.shortfall.stage is None and alone.shortfall.first_unit == 0

@@ -218,3 +218,14 @@ def test_every_plan_is_consistent(model: str, objective: str) -> None:
             prompt_tokens=1000,
             output_tokens=300,
         )
+
+
+def test_validate_plan_costs_the_stages_with_the_cut_evaluator() -> None:
+    data = _plan(model="llama-3.1-8b", gpus="4xH100", tp=1, pp=4).model_dump(mode="json")
+    data["stages"][1]["memory"]["total_gib"] = data["stages"][1]["memory"]["limit_gib"] + 1
+    data["stages"][2]["times"]["busy_ms"] *= 10
+    problems = validate_plan(data)
+    assert any(p.startswith("stages[1].memory: total") and "over the limit" in p for p in problems)
+    assert any(p.startswith("schedule.cycle_ms") for p in problems)
+    data["stages"][0]["times"]["busy_ms"] = -1.0
+    assert any(p.startswith("stages: time[0]: must be a finite number ≥ 0") for p in validate_plan(data))

@@ -5,13 +5,20 @@ from __future__ import annotations
 
 import json
 import shlex
-from typing import Any
+from typing import Any, Literal, get_args
 
 from ppplan.core.errors import PpplanError
 
-__all__ = ["EXPORT_FORMATS", "export_plan", "render_export"]
+__all__ = ["ENGINE_FORMATS", "EXPORT_FORMATS", "SHELL_FORMATS", "ExportFormat", "export_plan", "render_export"]
 
-EXPORT_FORMATS = ("vllm", "sglang", "trtllm", "torch", "json")
+ExportFormat = Literal["vllm", "sglang", "trtllm", "torch", "json"]
+"""a format :func:`render_export` knows (the type for request validation)"""
+EXPORT_FORMATS: tuple[ExportFormat, ...] = get_args(ExportFormat)
+"""every format :func:`render_export` knows, in the order help texts list them"""
+ENGINE_FORMATS: tuple[ExportFormat, ...] = tuple(f for f in EXPORT_FORMATS if f != "json")
+"""the engines' and torch's settings: every format but the whole plan as JSON"""
+SHELL_FORMATS: tuple[ExportFormat, ...] = ("vllm", "sglang")
+"""formats rendered as shell lines (export the partition variable, then the launch command); the rest are JSON"""
 
 _KV_FLAG = {"vllm": {"fp8": "fp8"}, "sglang": {"fp8": "fp8_e4m3"}}
 
@@ -97,7 +104,7 @@ def render_export(plan: dict[str, Any], fmt: str) -> str:
     launch command), JSON (trtllm, torch, json).
 
     Raises:
-        ValueError: unknown format, naming the known ones.
+        PpplanError: unknown format, naming the known ones.
     """
     if fmt not in EXPORT_FORMATS:
         raise PpplanError("format", rule=f"{fmt!r} is not one of {', '.join(EXPORT_FORMATS)}")
@@ -105,7 +112,7 @@ def render_export(plan: dict[str, Any], fmt: str) -> str:
         return json.dumps(plan, indent=1)
     ex = plan.get("exports") or export_plan(plan, str(plan["model_source"]).removeprefix("preset:"))
     e = ex[fmt]
-    if fmt in ("vllm", "sglang"):
+    if fmt in SHELL_FORMATS:
         env = "\n".join(f"export {k}={v}" for k, v in e["env"].items())
         return f"{env}\n{e['command']}"
     if fmt == "trtllm":

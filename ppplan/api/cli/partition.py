@@ -10,10 +10,14 @@ from typing import Annotated, Any
 import typer
 
 from ppplan.api.cli.common import console, fail, user_errors
+from ppplan.partitioner.dp import solve_partition
+from ppplan.partitioner.problem import PartitionProblem, PartitionSolution, stage_bounds
 
 __all__ = ["commands"]
 
 commands = typer.Typer()
+
+SOLVERS = ("dp", "cpsat")
 
 
 def _floats(field: str, text: str | None) -> tuple[float, ...] | None:
@@ -24,6 +28,66 @@ def _floats(field: str, text: str | None) -> tuple[float, ...] | None:
     except ValueError:
         fail(f"{field}: {text!r} must be comma-separated numbers, e.g. 1,1,2")
     return None
+
+
+def _load_costs(costs: Path) -> dict[str, Any]:
+    """The costs file as a dict with a 'time' list and an optional 'memory' list, all numbers."""
+    if not costs.is_file():
+        fail(f"costs: {str(costs)!r} is not a readable file")
+    try:
+        data = json.loads(costs.read_text())
+    except json.JSONDecodeError as exc:
+        fail(f"costs: {str(costs)!r} is not valid JSON ({exc})")
+    if not isinstance(data, dict) or not isinstance(data.get("time"), list):
+        fail(f"costs: {str(costs)!r} must be an object with a 'time' list (and optionally 'memory')")
+    for key in ("time", "memory"):
+        vals = data.get(key)
+        if vals is None:
+            continue
+        if not isinstance(vals, list) or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in vals):
+            fail(f"costs.{key}: must be a list of numbers")
+    return data
+
+
+def _solve(pr: PartitionProblem, solver: str, time_limit: float) -> PartitionSolution:
+    if solver == "cpsat":
+        from ppplan.partitioner.cpsat import solve_partition_cpsat  # lazy: ortools is heavy, dp is the default
+
+        return solve_partition_cpsat(pr, time_limit_s=time_limit)
+    return solve_partition(pr)
+
+
+def _user_units_reason(sol: PartitionSolution, stages: int) -> str | None:
+    """The DP's reason in the units of the user's numbers (as given, not as GiB)."""
+    miss = sol.shortfall
+    if miss is None:
+        return sol.reason
+    if miss.stage is None:
+        return f"unit {miss.first_unit} alone needs {miss.needed_bytes:g}, limit {miss.limit_bytes:g}"
+    return (
+        f"stage {miss.stage} (units {miss.first_unit}-{miss.last_unit}) needs {miss.needed_bytes:g}, limit "
+        f"{miss.limit_bytes:g}, in the cut into {stages} stages that overshoots least"
+    )
+
+
+def _as_json(sol: PartitionSolution, stages: int) -> dict[str, Any]:
+    """The command's JSON: the same keys as ever for each solver."""
+    ok = sol.has_cut
+    out: dict[str, Any] = {
+        "sizes": list(sol.sizes) if ok else None,
+        "bottleneck": sol.bottleneck if ok else None,
+        "optimal": sol.optimal,
+        "status": sol.status,
+    }
+    if sol.solver == "cpsat":
+        out |= {"bound": sol.bound, "gap": sol.gap, "solver": "cpsat", "wall_s": sol.wall_s}
+        if not ok:
+            out["reason"] = sol.reason
+        return out
+    out |= {"solver": "dp", "stage_times": list(sol.stage_times), "stage_memory": list(sol.stage_memory)}
+    if not ok:
+        out["reason"] = _user_units_reason(sol, stages)
+    return out
 
 
 @commands.command()
@@ -39,26 +103,11 @@ def partition(
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
     """Exact contiguous partition of your own per-unit costs (min slowest stage under a memory limit)."""
-    from ppplan.partitioner.dp import PartitionProblem, solve_partition
-
-    if solver not in ("dp", "cpsat"):
-        fail(f"solver: {solver!r} is not one of dp, cpsat")
+    if solver not in SOLVERS:
+        fail(f"solver: {solver!r} is not one of {', '.join(SOLVERS)}")
     if not (math.isfinite(time_limit) and time_limit > 0):
         fail(f"time_limit: must be a finite number of seconds > 0, got {time_limit!r}")
-    if not costs.is_file():
-        fail(f"costs: {str(costs)!r} is not a readable file")
-    try:
-        data = json.loads(costs.read_text())
-    except json.JSONDecodeError as exc:
-        fail(f"costs: {str(costs)!r} is not valid JSON ({exc})")
-    if not isinstance(data, dict) or not isinstance(data.get("time"), list):
-        fail(f"costs: {str(costs)!r} must be an object with a 'time' list (and optionally 'memory')")
-    for key in ("time", "memory"):
-        vals = data.get(key)
-        if vals is None:
-            continue
-        if not isinstance(vals, list) or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in vals):
-            fail(f"costs.{key}: must be a list of numbers")
+    data = _load_costs(costs)
     pr = PartitionProblem(
         time=tuple(float(x) for x in data["time"]),
         stages=stages,
@@ -67,59 +116,15 @@ def partition(
         stage_speed=_floats("stage_speed", stage_speed),
         stage_memory_limit=_floats("stage_memory_limit", stage_memory_limit),
     )
-    out: dict[str, Any]
-    if solver == "cpsat":
-        from ppplan.partitioner.cpsat import solve_partition_cpsat
-
-        cp = solve_partition_cpsat(pr, time_limit_s=time_limit)
-        ok = cp.status in ("optimal", "feasible")
-        out = {
-            "sizes": list(cp.sizes) if ok else None,
-            "bottleneck": cp.bottleneck if ok else None,
-            "optimal": cp.status == "optimal",
-            "status": cp.status,
-            "bound": cp.bound,
-            "gap": cp.gap,
-            "solver": "cpsat",
-            "wall_s": cp.wall_s,
-        }
-        if not ok:
-            out["reason"] = cp.reason
-    else:
-        res = solve_partition(pr)
-        ok = res.optimal
-        out = {
-            "sizes": list(res.sizes) if ok else None,
-            "bottleneck": res.bottleneck if ok else None,
-            "optimal": ok,
-            "status": res.status,
-            "solver": "dp",
-            "stage_times": list(res.stage_times),
-            "stage_memory": list(res.stage_memory),
-        }
-        if not ok:
-            # your numbers carry your units: say them as given, not as GiB
-            if res.worst_stage is not None:
-                a, b = int(res.detail["first_unit"]), int(res.detail["last_unit"])
-                out["reason"] = (
-                    f"stage {res.worst_stage} (units {a}-{b}) needs {res.needed_bytes:g}, limit "
-                    f"{res.limit_bytes:g}, in the cut into {stages} stages that overshoots least"
-                )
-            elif "unit" in res.detail:
-                out["reason"] = (
-                    f"unit {int(res.detail['unit'])} alone needs {res.needed_bytes:g}, limit {res.limit_bytes:g}"
-                )
-            else:
-                out["reason"] = res.reason
+    sol = _solve(pr, solver, time_limit)
+    out = _as_json(sol, stages)
     if as_json:
         print(json.dumps(out))
-        if not ok:
+        if not sol.has_cut:
             raise typer.Exit(1)
         return
-    if not ok:
+    if not sol.has_cut:
         fail(f"{out['status']}: {out['reason']}", code=1)
     console.print(f"sizes {out['sizes']}, bottleneck {out['bottleneck']:g}, {out['status']} ({solver})")
-    from ppplan.partitioner.dp import stage_bounds
-
-    for k, (a, b) in enumerate(stage_bounds(out["sizes"])):
+    for k, (a, b) in enumerate(stage_bounds(sol.sizes)):
         console.print(f"  stage {k}: units {a}-{b}")

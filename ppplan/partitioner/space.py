@@ -1,0 +1,204 @@
+"""The candidate space of the outer search: which TP × PP × replicas × micro-batch layouts exist.
+
+TP degrees follow the engines' rule (:func:`valid_tp_degrees`), PP runs from 1 to the decoder
+layers, replicas fill the cluster without splitting a replica across a node it fits in, and the
+micro-batch count is chosen from a few values around PP (fewer than PP leaves bubbles, more than
+2 × PP only shrinks each micro-batch).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from ppplan.core.errors import PpplanError
+from ppplan.core.gpus import GPUSpec
+from ppplan.core.profile import Profile
+from ppplan.partitioner.request import PlanRequest
+
+__all__ = [
+    "GIB",
+    "InfeasibleError",
+    "Layout",
+    "PlanningError",
+    "Setup",
+    "check_request",
+    "inter_node",
+    "layouts",
+    "valid_tp_degrees",
+]
+
+GIB = 1024**3
+
+
+class PlanningError(PpplanError):
+    """A request that cannot be planned; ``field`` names the offending input."""
+
+
+class InfeasibleError(PlanningError):
+    """No configuration fits in memory; the message says what is needed and what there is."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Layout:
+    """One point of the search: degrees and the micro-batching of each replica."""
+
+    tp: int
+    pp: int
+    replicas: int
+    micro_batches: int
+    micro_batch_size: int
+    """sequences per micro-batch"""
+    sequences: int
+    """sequences per replica (the request's concurrency spread over the replicas)"""
+
+    @property
+    def gpus(self) -> int:
+        """GPUs the layout uses: TP × PP × replicas."""
+        return self.tp * self.pp * self.replicas
+
+    @property
+    def degrees(self) -> tuple[int, int, int]:
+        """(TP, PP, replicas): the layout without its micro-batching."""
+        return (self.tp, self.pp, self.replicas)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Setup:
+    """The fixed numbers of one request: cluster shape, workload and the memory budget per GPU."""
+
+    gpu: GPUSpec
+    count: int
+    """GPUs in the cluster"""
+    gpus_per_node: int
+    nodes: int
+    layers: int
+    """decoder layers of the model"""
+    prompt_tokens: int
+    output_tokens: int
+    context: int
+    """tokens of KV cache per sequence (prompt + output, or the request's context)"""
+    decode_context: int
+    """mean cached tokens while decoding"""
+    usable_bytes: float
+    """bytes per GPU the engine may use (utilisation × HBM)"""
+    reserve_bytes: float
+    """bytes per GPU kept for the runtime"""
+    tied_embeddings: bool
+
+    @property
+    def limit_bytes(self) -> float:
+        """Bytes per GPU for weights, KV cache and workspace."""
+        return self.usable_bytes - self.reserve_bytes
+
+    @classmethod
+    def of(cls, req: PlanRequest, profile: Profile) -> Setup:
+        """The setup of ``req`` planned with ``profile``."""
+        count = req.gpu_count
+        gpn = count // req.nodes if req.nodes is not None else min(req.gpu.gpus_per_node, count)
+        return cls(
+            gpu=req.gpu,
+            count=count,
+            gpus_per_node=gpn,
+            nodes=math.ceil(count / gpn),
+            layers=profile.model.num_layers,
+            prompt_tokens=req.prompt_tokens,
+            output_tokens=req.output_tokens,
+            context=req.kv_context,
+            decode_context=req.prompt_tokens + req.output_tokens // 2,
+            usable_bytes=req.gpu_memory_utilization * req.gpu.hbm_bytes,
+            reserve_bytes=req.runtime_reserve_gib * GIB,
+            tied_embeddings=profile.model.tie_word_embeddings,
+        )
+
+
+def valid_tp_degrees(num_heads: int, num_kv_heads: int, gpus_per_node: int, gpu_count: int) -> list[int]:
+    """TP degrees vLLM/SGLang accept: divide the attention heads, divide or are divided by the KV
+    heads, and fit inside a node (a TP group never spans nodes)."""
+    out = []
+    for t in range(1, min(gpus_per_node, gpu_count) + 1):
+        if num_heads % t or gpus_per_node % t:
+            continue
+        if num_kv_heads % t and t % num_kv_heads:
+            continue
+        out.append(t)
+    return out
+
+
+def _tp_rule(tp: int, heads: int, kv: int, gpn: int, count: int, name: str) -> str:
+    if heads % tp:
+        return f"{tp} does not divide the {heads} attention heads of {name}"
+    if kv % tp and tp % kv:
+        return f"{tp} neither divides nor is a multiple of the {kv} KV heads of {name}"
+    if tp > min(gpn, count):
+        return f"{tp} exceeds the {min(gpn, count)} GPUs of a node (a TP group stays inside a node)"
+    return f"{tp} does not divide the {gpn} GPUs of a node"
+
+
+def check_request(req: PlanRequest, profile: Profile, setup: Setup) -> list[int]:
+    """The TP degrees to search, after checking the request's pins against the model.
+
+    Raises:
+        PlanningError: a pinned TP the model does not allow, a context beyond the model's
+            positions, a pinned PP above the decoder layers.
+    """
+    ident = profile.model
+    tps = valid_tp_degrees(ident.num_attention_heads, ident.num_kv_heads, setup.gpus_per_node, setup.count)
+    if req.tp is not None:
+        if req.tp not in tps:
+            rule = _tp_rule(
+                req.tp, ident.num_attention_heads, ident.num_kv_heads, setup.gpus_per_node, setup.count, ident.name
+            )
+            raise PlanningError("tp", rule=rule)
+        tps = [req.tp]
+    max_pos = ident.max_position_embeddings
+    if max_pos and setup.context > max_pos:
+        raise PlanningError(
+            "context",
+            rule=f"{setup.context} tokens per sequence exceed the {max_pos} positions "
+            f"{ident.name} supports (max_position_embeddings)",
+        )
+    if req.pp is not None and req.pp > setup.layers:
+        raise PlanningError(
+            "pp",
+            rule=f"{req.pp} stages exceed the {setup.layers} decoder layers of {ident.name} "
+            "(every stage holds at least one decoder layer)",
+        )
+    return tps
+
+
+def _replica_options(setup: Setup, tp: int, pp: int) -> range:
+    per = tp * pp
+    gpn = setup.gpus_per_node
+    # a replica that fits in a node stays inside one; larger ones span whole nodes
+    r_max = setup.nodes * (gpn // per) if per <= gpn else setup.count // per
+    return range(1, r_max + 1)
+
+
+def _micro_batch_options(pp: int, sequences: int) -> list[int]:
+    opts = {1, max(1, pp // 2), pp, 2 * pp} if pp > 1 else {1}
+    return sorted(m for m in opts if m <= sequences)
+
+
+def layouts(req: PlanRequest, setup: Setup, tps: list[int]) -> Iterator[Layout]:
+    """Every layout of the search space, in a fixed order (TP, PP, replicas, micro-batches)."""
+    for t in tps:
+        pps = [req.pp] if req.pp is not None else list(range(1, min(setup.layers, setup.count // t) + 1))
+        for p in pps:
+            if t * p > setup.count:
+                continue
+            for r in _replica_options(setup, t, p):
+                seqs = math.ceil(req.concurrency / r)
+                for m in _micro_batch_options(p, seqs):
+                    yield Layout(
+                        tp=t, pp=p, replicas=r, micro_batches=m, micro_batch_size=math.ceil(seqs / m), sequences=seqs
+                    )
+
+
+def inter_node(setup: Setup, tp: int, pp: int, replicas: int) -> list[bool]:
+    """For each stage boundary: does any replica's send cross nodes?"""
+    per = tp * pp
+    return [
+        any((rho * per + (k + 1) * tp) % setup.gpus_per_node == 0 for rho in range(replicas)) for k in range(pp - 1)
+    ]
