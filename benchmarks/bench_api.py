@@ -24,15 +24,21 @@ from contextlib import contextmanager
 from typing import Any
 
 import httpx
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
 
 from ppplan.api.liveserver import HOST, live_server
+from ppplan.api.store.migrate import upgrade
+from ppplan.profiler.analytic import analytic_profile, model_spec
 
 MODEL = "llama-3.1-8b"
 
 
 @contextmanager
 def serve(url: str) -> Iterator[str]:
-    """A uvicorn subprocess on ``url``'s store; yields its base URL."""
+    """A uvicorn subprocess on ``url``'s store (migrated first, as ``ppplan db upgrade`` would); yields its
+    base URL."""
+    upgrade(url)
     try:
         with live_server(url) as base:
             yield base
@@ -43,9 +49,6 @@ def serve(url: str) -> Iterator[str]:
 @contextmanager
 def pg_database(admin_url: str) -> Iterator[str]:
     """A fresh PostgreSQL database, dropped afterwards."""
-    from sqlalchemy import create_engine, text
-    from sqlalchemy.engine import make_url
-
     name = f"ppplan_bench_{uuid.uuid4().hex[:10]}"
     admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
     with admin.connect() as c:
@@ -98,8 +101,6 @@ async def _load(base: str, bodies: list[dict[str, Any]], clients: int) -> tuple[
 
 def bench(label: str, url: str, n: int, clients: int) -> list[str]:
     """Run the three measurements on ``url``; returns report lines."""
-    from ppplan.profiler.analytic import analytic_profile, model_spec
-
     prof = analytic_profile(model_spec(MODEL)).model_dump(mode="json")
     lines = [f"== {label}"]
     with serve(url) as base, httpx.Client(base_url=base, timeout=60) as c:

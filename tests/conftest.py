@@ -1,5 +1,6 @@
 """Shared fixtures. Every test session stores into a temporary database (never the user's data
-dir); ``db_url`` runs a test on SQLite and, marked ``postgres``, on a fresh PostgreSQL database."""
+dir), migrated at the start like ``ppplan db upgrade`` would; ``db_url`` runs a test on SQLite and,
+marked ``postgres``, on a fresh PostgreSQL database."""
 
 from __future__ import annotations
 
@@ -9,6 +10,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session
+
+from ppplan.api.app import create_app
+from ppplan.api.settings import Settings
+from ppplan.api.store.engine import dispose_engine, session_scope
+from ppplan.api.store.migrate import upgrade
 
 PG_ENV = "PPPLAN_TEST_POSTGRES_URL"
 """Admin URL of a PostgreSQL server the tests may create databases on, e.g.
@@ -17,9 +27,11 @@ postgresql+psycopg://ppplan:ppplan@127.0.0.1:5432/postgres (.ci/run sets it)."""
 
 @pytest.fixture(autouse=True, scope="session")
 def _isolated_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """PPPLAN_DATABASE_URL points at a temporary SQLite file for the whole session."""
+    """PPPLAN_DATABASE_URL points at a temporary SQLite file for the whole session, at the schema head
+    (the CLI migrates only the default store by itself)."""
     old = os.environ.get("PPPLAN_DATABASE_URL")
     url = f"sqlite:///{tmp_path_factory.mktemp('store') / 'session.db'}"
+    upgrade(url)
     os.environ["PPPLAN_DATABASE_URL"] = url
     yield url
     if old is None:
@@ -41,8 +53,6 @@ def pg_admin_url() -> str:
         if _in_ci():
             pytest.fail(msg + " — CI=true, so this is a failure, not a skip")
         pytest.skip(msg)
-    from sqlalchemy import create_engine, text
-
     try:
         eng = create_engine(url)
         with eng.connect() as c:
@@ -57,11 +67,6 @@ def pg_admin_url() -> str:
 
 
 def _pg_database(admin_url: str) -> Iterator[str]:
-    from sqlalchemy import create_engine, text
-    from sqlalchemy.engine import make_url
-
-    from ppplan.api.store.engine import dispose_engine
-
     name = f"ppplan_test_{uuid.uuid4().hex[:12]}"
     admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
     with admin.connect() as c:
@@ -85,8 +90,6 @@ def pg_url(pg_admin_url: str) -> Iterator[str]:
 @pytest.fixture
 def sqlite_url(tmp_path: Path) -> Iterator[str]:
     """A fresh, empty SQLite file."""
-    from ppplan.api.store.engine import dispose_engine
-
     url = f"sqlite:///{tmp_path / 'ppplan.db'}"
     yield url
     dispose_engine(url)
@@ -102,28 +105,19 @@ def empty_db_url(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def db_url(empty_db_url: str) -> str:
     """A database of each kind, migrated to head."""
-    from ppplan.api.store.migrate import upgrade
-
     upgrade(empty_db_url)
     return empty_db_url
 
 
 @pytest.fixture
-def session(db_url: str) -> Iterator[object]:
+def session(db_url: str) -> Iterator[Session]:
     """A session on ``db_url``."""
-    from ppplan.api.store.engine import session_scope
-
     with session_scope(db_url) as s:
         yield s
 
 
 @pytest.fixture
-def client(db_url: str) -> Iterator[object]:
+def client(db_url: str) -> Iterator[TestClient]:
     """A TestClient on a service backed by ``db_url``."""
-    from fastapi.testclient import TestClient
-
-    from ppplan.api.app import create_app
-    from ppplan.api.settings import Settings
-
     with TestClient(create_app(Settings(database_url=db_url))) as c:
         yield c

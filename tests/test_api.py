@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 
+from ppplan.api.store import repo
 from ppplan.profiler.analytic import analytic_profile, model_spec
 
 BODY = {"model": "llama-3.1-8b", "gpus": "4xH100"}
@@ -200,3 +202,29 @@ def test_async_job(client: TestClient) -> None:
 def test_unknown_paths_are_404_in_the_error_shape(client: TestClient, path: str) -> None:
     r = client.get(path)
     assert r.status_code == 404 and "detail" in r.json()
+
+
+def test_model_level_rules_name_their_field(client: TestClient) -> None:
+    r = client.post("/v1/plans", json={**BODY, "gpus": "3xH100", "nodes": 2})
+    assert r.status_code == 422
+    item = r.json()["detail"][0]
+    assert item["field"] == "nodes" and item["message"].startswith("nodes: ") and item["value"] == 2
+
+
+def test_internal_error_is_500_with_a_request_id(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(*_a: object, **_kw: object) -> None:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(repo, "get_plan", broken)
+    with caplog.at_level(logging.ERROR, logger="ppplan.api"):
+        r = client.get("/v1/plans/abc", headers={"X-Request-ID": "req-123"})
+    assert r.status_code == 500 and r.headers["X-Request-ID"] == "req-123"
+    body = r.json()
+    assert body["request_id"] == "req-123"
+    assert body["detail"][0]["field"] == "request" and "req-123" in body["detail"][0]["message"]
+    logged = [rec for rec in caplog.records if "req-123" in rec.getMessage()]
+    assert logged and logged[0].exc_info is not None and "boom" in str(logged[0].exc_info[1])
+    r = client.get("/v1/plans/abc")  # no id given: the server makes one
+    assert r.status_code == 500 and r.json()["request_id"] == r.headers["X-Request-ID"] != ""

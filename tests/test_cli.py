@@ -1,4 +1,5 @@
-"""The ppplan CLI: tables by default, JSON and exports for machines, one-line errors with exit 2."""
+"""The ppplan CLI: tables by default, JSON and exports for machines, one-line user errors with exit 2,
+one-line internal errors with exit 1 (the traceback under ``--debug``)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from ppplan.api.cli import app
+from ppplan.api.cli import app, main
+from ppplan.api.cli import plan as cli_plan
+from ppplan.api.store.engine import dispose_engine
+from ppplan.api.store.migrate import upgrade
+from ppplan.profiler.bundled import bundled_profile
 
 runner = CliRunner()
 
@@ -166,3 +171,53 @@ def test_validate_command(tmp_path: Path) -> None:
     out.write_text("{}")
     code, _, stderr = run("validate", str(out))
     assert code == 2 and "is not a Plan JSON v1" in stderr
+
+
+SHIPPED = "llama-3.1-70b.bf16.H100-SXM-80GB"
+
+
+def test_plan_with_a_shipped_or_stored_profile_is_saved(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    url = f"sqlite:///{tmp_path / 'fresh.db'}"
+    upgrade(url)  # `ppplan db upgrade` on a fresh database
+    monkeypatch.setenv("PPPLAN_DATABASE_URL", url)
+    try:
+        code, stdout, stderr = run("plan", "llama-3.1-70b", "--gpus", "8xH100", "--profile", SHIPPED)
+        assert code == 0, stderr
+        plan_id = stdout.strip().splitlines()[-1].split()[-1]
+        code, stdout, _ = run("plans", "list", "--json")
+        listed = json.loads(stdout)["data"]
+        assert code == 0 and [p["id"] for p in listed] == [plan_id]
+        profile_id = listed[0]["profile_id"]
+        assert profile_id == bundled_profile(SHIPPED).profile_id  # the shipped profile was stored with it
+        # the stored profile by its id: the same request, so the same plan
+        code, stdout, stderr = run("plan", "llama-3.1-70b", "--gpus", "8xH100", "--profile", profile_id)
+        assert code == 0, stderr
+        assert stdout.strip().splitlines()[-1].split()[-1] == plan_id
+    finally:
+        dispose_engine(url)
+
+
+def _main(monkeypatch: pytest.MonkeyPatch, *args: str) -> int:
+    monkeypatch.setattr(sys, "argv", ["ppplan", *args])
+    with pytest.raises(SystemExit) as info:
+        main()
+    return int(info.value.code or 0)
+
+
+def test_internal_errors_are_one_line_unless_debug(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def broken(*_a: object, **_kw: object) -> None:
+        raise RuntimeError("boom [not markup]\nsecond line")
+
+    monkeypatch.setattr(cli_plan, "plan_request", broken)
+    assert _main(monkeypatch, "plan", "llama-3.1-8b", "--no-save") == 1
+    err = capsys.readouterr().err
+    assert err == ("error: internal error (RuntimeError: boom [not markup]); rerun with --debug for the traceback\n")
+    assert _main(monkeypatch, "--debug", "plan", "llama-3.1-8b", "--no-save") == 1
+    err = capsys.readouterr().err
+    assert err.startswith("Traceback (most recent call last):") and "RuntimeError: boom [not markup]" in err
+    # user errors stay one line with exit status 2, --debug or not
+    assert _main(monkeypatch, "--debug", "plan", "llama-3.1-8b", "--export", "foo", "--no-save") == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.startswith("error: export: 'foo' is not one of")

@@ -7,10 +7,12 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session, sessionmaker
+from starlette.concurrency import run_in_threadpool
 
 from ppplan.api.jobs import JobRunner
 from ppplan.api.settings import Settings
 from ppplan.api.store.engine import get_engine
+from ppplan.api.store.migrate import require_head
 
 __all__ = ["MAX_SESSIONS", "JobsDep", "SessionDep", "SettingsDep"]
 
@@ -33,7 +35,18 @@ async def get_session(request: Request) -> AsyncIterator[Session]:
     worker thread while they wait for connections only the closings would return (a deadlock until
     the pool times out). Waiting for a session slot holds no thread. Closed on the event loop (an
     async generator): making a Session does no I/O, and closing one costs at most a ROLLBACK.
+
+    Until the store has once been found at the schema head, each request checks it (on a worker
+    thread) and a store that is not answers 503, so a service started before ``ppplan db upgrade``
+    recovers without a restart.
+
+    Raises:
+        StoreNotReadyError: the store is empty, behind the head or unreachable.
     """
+    state = request.app.state
+    if not state.store_ready:
+        await run_in_threadpool(require_head, state.settings.database_url)
+        state.store_ready = True
     factory = sessionmaker(get_engine(request.app.state.settings.database_url), expire_on_commit=False)
     session = factory()
     try:

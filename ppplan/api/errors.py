@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
+from typing import Any
+
 from pydantic import ValidationError
 
-from ppplan.api.store.repo import Conflict
+from ppplan.api.store.conflict import Conflict
 from ppplan.core.errors import PpplanError
 
-__all__ = ["USER_ERRORS", "describe_error", "format_validation_error"]
+__all__ = ["USER_ERRORS", "describe_error", "format_errors", "format_validation_error"]
 
 
 def format_validation_error(exc: ValidationError) -> str:
     """'field: rule (got value)' for each error of a pydantic validation, joined by '; '."""
+    return format_errors(exc.errors())
+
+
+def format_errors(errors: Iterable[Mapping[str, Any]]) -> str:
+    """'field: rule (got value)' for each pydantic error dict, joined by '; '."""
     parts = []
-    for err in exc.errors():
+    for err in errors:
         loc = ".".join(str(x) for x in err["loc"] if x != "body")
         msg = err["msg"].removeprefix("Value error, ")
         if not loc or msg.startswith(f"{loc}:"):
@@ -32,5 +40,5 @@ def describe_error(exc: BaseException) -> str:
     return str(exc)
 
 
-USER_ERRORS: tuple[type[BaseException], ...] = (ValidationError, PpplanError, Conflict)
+USER_ERRORS: tuple[type[Exception], ...] = (ValidationError, PpplanError, Conflict)
 """What the CLI reports in one line with exit status 2 (the API: 422, or 409 for a Conflict)."""

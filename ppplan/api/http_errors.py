@@ -1,27 +1,45 @@
 """Exceptions to HTTP answers: one JSON shape (``{"detail": [{"field", "message", "value"}]}``) and
-one wording (``api.errors``) for every client error, so client input never becomes a 500."""
+one wording (``api.errors``) for every error, so client input never becomes a 500.
+
+User errors (:class:`PpplanError`, pydantic validation) are 422 built from the exception's own
+``field``, ``value`` and message, never parsed from text; a store :class:`Conflict` is 409; a store
+that is not at the schema head is 503. Any other exception is a bug: 500 with a request id that the
+logged traceback carries too.
+"""
 
 from __future__ import annotations
 
 import logging
-import re
+import uuid
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ppplan.api.errors import USER_ERRORS, describe_error, format_validation_error
+from ppplan.api.errors import describe_error, format_errors
 from ppplan.api.schemas import ErrorItem
-from ppplan.api.store.repo import Conflict
+from ppplan.api.store.conflict import Conflict
+from ppplan.api.store.migrate import StoreNotReadyError
+from ppplan.core.errors import NOT_GIVEN, PpplanError
 
-__all__ = ["ApiError", "error_items", "install_handlers", "not_found", "validation_items"]
+__all__ = [
+    "REQUEST_ID_HEADER",
+    "ApiError",
+    "InternalErrorMiddleware",
+    "error_items",
+    "install_handlers",
+    "not_found",
+    "validation_items",
+]
 
 log = logging.getLogger("ppplan.api")
-_FIELD = re.compile(r"^([A-Za-z_][A-Za-z0-9_.×\- ]*?):\s")
 _LOC_SKIP = {"body", "query", "path", "header", "cookie"}
+REQUEST_ID_HEADER = "X-Request-ID"
 
 
 class ApiError(Exception):
@@ -38,19 +56,15 @@ def not_found(what: str, field: str, value: str) -> ApiError:
     return ApiError(404, [ErrorItem(field=field, message=f"{field}: no {what} with id {value!r}", value=value)])
 
 
-class _One:
-    def __init__(self, err: dict[str, Any]) -> None:
-        self._err = err
-
-    def errors(self) -> list[dict[str, Any]]:
-        return [self._err]
-
-
 def _safe(value: Any) -> Any:
     try:
         return jsonable_encoder(value)
-    except Exception:
+    except Exception:  # any object a user error may carry: shown as its repr
         return repr(value)
+
+
+def _given(value: Any) -> Any:
+    return None if value is NOT_GIVEN else value
 
 
 def validation_items(errors: list[Any]) -> list[ErrorItem]:
@@ -60,17 +74,17 @@ def validation_items(errors: list[Any]) -> list[ErrorItem]:
         loc = [str(x) for x in err.get("loc", ()) if str(x) not in _LOC_SKIP]
         if err.get("type") == "json_invalid":
             loc = []
-        msg = format_validation_error(_One(err))  # type: ignore[arg-type]
         value = err.get("input")
-        if not loc:  # a model-level rule: its message starts with the field it names ("nodes: ...")
-            m = _FIELD.match(msg)
-            loc = [m.group(1)] if m else []
-            if loc and isinstance(value, dict):
-                value = value.get(loc[0])
+        cause = (err.get("ctx") or {}).get("error")
+        if not loc and isinstance(cause, PpplanError):  # a model-level rule names its field itself
+            loc = [cause.field]
+            value = _given(cause.value)
+            if value is None and isinstance(err.get("input"), dict):
+                value = err["input"].get(cause.field)
         items.append(
             ErrorItem(
                 field=".".join(loc) or "request",
-                message=msg,
+                message=format_errors([err]),
                 value=None if isinstance(value, dict | list) else _safe(value),
             )
         )
@@ -78,33 +92,73 @@ def validation_items(errors: list[Any]) -> list[ErrorItem]:
 
 
 def error_items(exc: BaseException, request_body: dict[str, Any] | None = None) -> list[ErrorItem]:
-    """The items of a user error (PlanningError, InfeasibleError, ProfileError, ...)."""
-    from pydantic import ValidationError
+    """The items of a user error (:data:`~ppplan.api.errors.USER_ERRORS`).
 
-    from ppplan.partitioner.search import PlanningError
-
+    ``request_body`` supplies the value when the error does not carry one.
+    """
     if isinstance(exc, ValidationError):
         return validation_items(exc.errors())
-    msg = describe_error(exc)
-    if isinstance(exc, PlanningError | Conflict):
-        field = exc.field
-    else:
-        m = _FIELD.match(msg)
-        field = m.group(1) if m else "request"
-    value = (request_body or {}).get(field)
-    item = ErrorItem(field=field, message=msg, value=_safe(value))
-    if isinstance(exc, PlanningError):
-        item.needed_bytes = exc.details.get("needed_bytes")
-        item.available_bytes = exc.details.get("available_bytes")
-    return [item]
+    body = request_body or {}
+    if isinstance(exc, PpplanError):
+        value = _given(exc.value)
+        return [
+            ErrorItem(
+                field=exc.field,
+                message=exc.message,
+                value=_safe(value if value is not None else body.get(exc.field)),
+                needed_bytes=exc.details.get("needed_bytes"),
+                available_bytes=exc.details.get("available_bytes"),
+            )
+        ]
+    field = exc.field if isinstance(exc, Conflict) else "request"
+    return [ErrorItem(field=field, message=describe_error(exc), value=_safe(body.get(field)))]
 
 
-def _json(status: int, items: list[ErrorItem]) -> JSONResponse:
-    return JSONResponse(status_code=status, content={"detail": [i.model_dump(exclude_none=True) for i in items]})
+def _json(status: int, items: list[ErrorItem], headers: dict[str, str] | None = None, **extra: Any) -> JSONResponse:
+    content = {"detail": [i.model_dump(exclude_none=True) for i in items], **extra}
+    return JSONResponse(status_code=status, content=content, headers=headers)
+
+
+class InternalErrorMiddleware:
+    """Turns an exception no handler took (a bug) into a 500 with the JSON error body.
+
+    The answer names a request id (the client's ``X-Request-ID``, else a new one) in its body and
+    in its ``X-Request-ID`` header; the traceback is logged with the same id. A pure ASGI
+    middleware, so exceptions do not travel through Starlette's ServerErrorMiddleware, which
+    would log them a second time without the id.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception as exc:
+            rid = Request(scope).headers.get(REQUEST_ID_HEADER) or uuid.uuid4().hex
+            log.exception("internal error, request id %s: %s %s", rid, scope.get("method"), scope.get("path"))
+            if started:  # the client already has a status line: nothing sensible to add
+                raise
+            item = ErrorItem(
+                field="request",
+                message=f"internal error ({type(exc).__name__}); request id {rid} (see the server log)",
+            )
+            await _json(500, [item], {REQUEST_ID_HEADER: rid}, request_id=rid)(scope, receive, send)
 
 
 def install_handlers(app: FastAPI) -> None:
-    """Register the exception handlers on ``app``."""
+    """Register the exception handlers and the internal-error middleware on ``app``."""
+    app.add_middleware(InternalErrorMiddleware)
 
     @app.exception_handler(ApiError)
     async def _api_error(_req: Request, exc: ApiError) -> JSONResponse:
@@ -114,18 +168,21 @@ def install_handlers(app: FastAPI) -> None:
     async def _validation(_req: Request, exc: RequestValidationError) -> JSONResponse:
         return _json(422, validation_items(list(exc.errors())))
 
+    @app.exception_handler(ValidationError)
+    async def _model_validation(_req: Request, exc: ValidationError) -> JSONResponse:
+        return _json(422, error_items(exc))
+
     @app.exception_handler(Conflict)
     async def _conflict(_req: Request, exc: Conflict) -> JSONResponse:
         return _json(409, error_items(exc))
 
-    for cls in USER_ERRORS:
-        if issubclass(cls, Conflict):  # a user error for the CLI, but 409 here (handled above)
-            continue
+    @app.exception_handler(StoreNotReadyError)
+    async def _store_not_ready(_req: Request, exc: StoreNotReadyError) -> JSONResponse:
+        return _json(503, error_items(exc))
 
-        async def _user(_req: Request, exc: Exception) -> JSONResponse:
-            return _json(422, error_items(exc))
-
-        app.add_exception_handler(cls, _user)
+    @app.exception_handler(PpplanError)
+    async def _user(_req: Request, exc: PpplanError) -> JSONResponse:
+        return _json(422, error_items(exc))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_req: Request, exc: StarletteHTTPException) -> JSONResponse:

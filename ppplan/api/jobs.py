@@ -15,7 +15,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from ppplan.api.errors import USER_ERRORS
+from ppplan.api.http_errors import error_items
 from ppplan.api.schemas import ErrorBody, ErrorItem, JobPublic
+from ppplan.api.service import check_http_request, plan_and_store
 from ppplan.api.store.engine import session_scope
 from ppplan.partitioner.request import PlanRequest
 
@@ -34,6 +36,16 @@ class _Job:
     cached: bool | None = None
     error: ErrorBody | None = None
     http_status: int | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Outcome:
+    """How a job ended: a plan (``error`` None) or an error body, and the HTTP status it stands for."""
+
+    plan_id: str | None = None
+    cached: bool | None = None
+    error: ErrorBody | None = None
+    http_status: int
 
 
 class JobRunner:
@@ -72,30 +84,27 @@ class JobRunner:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     def _run(self, job: _Job, req: PlanRequest) -> None:
-        from ppplan.api.http_errors import error_items
-        from ppplan.api.service import check_http_request, plan_and_store
-
         with self._lock:
             job.status = "running"
+        outcome = self._outcome(job, req)
+        with self._lock:
+            job.status = "done" if outcome.error is None else "failed"
+            job.plan_id, job.cached = outcome.plan_id, outcome.cached
+            job.error, job.http_status = outcome.error, outcome.http_status
+            job.finished = dt.datetime.now(dt.UTC)
+
+    def _outcome(self, job: _Job, req: PlanRequest) -> _Outcome:
         try:
             check_http_request(req, max_gpus=self._max_gpus, allow_model_paths=self._allow_paths)
             with session_scope(self._url) as session:
                 row, created = plan_and_store(session, req)
-                result = ("done", row.id, not created, None, 201 if created else 200)
+                return _Outcome(plan_id=row.id, cached=not created, http_status=201 if created else 200)
         except USER_ERRORS as exc:
-            result = ("failed", None, None, ErrorBody(detail=error_items(exc, req.model_dump())), 422)
-        except Exception:
+            return _Outcome(error=ErrorBody(detail=error_items(exc, req.model_dump())), http_status=422)
+        except Exception:  # a bug: the job fails, the server keeps serving
             log.exception("job %s failed", job.id)
-            result = (
-                "failed",
-                None,
-                None,
-                ErrorBody(detail=[ErrorItem(field="request", message="internal error (see server log)")]),
-                500,
-            )
-        with self._lock:
-            job.status, job.plan_id, job.cached, job.error, job.http_status = result
-            job.finished = dt.datetime.now(dt.UTC)
+            item = ErrorItem(field="request", message=f"internal error; request id {job.id} (see the server log)")
+            return _Outcome(error=ErrorBody(detail=[item], request_id=job.id), http_status=500)
 
     @staticmethod
     def _public(job: _Job) -> JobPublic:

@@ -44,9 +44,10 @@ class ErrorItem(BaseModel):
 
 
 class ErrorBody(BaseModel):
-    """Every 4xx answer."""
+    """Every error answer (4xx, 503, and 500 with its request id)."""
 
     detail: list[ErrorItem]
+    request_id: str | None = Field(None, description="500 only: the id the server log names the error by")
 
 
 class ProfilePublic(BaseModel):

@@ -15,7 +15,10 @@ from ppplan.api.store.models import PlanRow
 from ppplan.core.profile import Profile, ProfileError
 from ppplan.partitioner.plan import Plan
 from ppplan.partitioner.request import PlanRequest
+from ppplan.partitioner.search import PlanningError
+from ppplan.profiler.configs import list_presets, preset_info
 from ppplan.profiler.profile_file import load_profile
+from ppplan.profiler.resolve import plan_request
 
 __all__ = ["check_http_request", "plan_and_store", "store_cli_plan"]
 
@@ -26,12 +29,7 @@ def check_http_request(req: PlanRequest, *, max_gpus: int, allow_model_paths: bo
     Raises:
         PlanningError: naming the field, the value and the rule.
     """
-    from ppplan.partitioner.search import PlanningError
-    from ppplan.profiler.configs import preset_info
-
     if not allow_model_paths and preset_info(req.model.strip().lower()) is None:
-        from ppplan.profiler.configs import list_presets
-
         raise PlanningError(
             "model",
             rule=f"{req.model!r} is not a bundled preset; over HTTP the model must be one "
@@ -71,8 +69,6 @@ def plan_and_store(session: Session, req: PlanRequest) -> tuple[PlanRow, bool]:
         ProfileError: ``profile`` is not a stored profile id.
         PlanningError, InfeasibleError, ModelConfigError: from the planner.
     """
-    from ppplan.profiler.resolve import plan_request
-
     h = repo.request_hash(req, req.profile)
     hit = repo.get_plan_by_hash(session, h)
     if hit is not None:  # the hash covers the profile id, so the profile exists
@@ -91,18 +87,32 @@ def plan_and_store(session: Session, req: PlanRequest) -> tuple[PlanRow, bool]:
     return repo.save_plan(session, req, plan, h, req.profile)
 
 
-def store_cli_plan(session: Session, req: PlanRequest, plan: Plan) -> PlanRow:
-    """Store a plan the CLI solved. A profile file named in ``req.profile`` is stored too, so the plan
-    and an HTTP request with that profile's id share one content hash."""
+def store_cli_plan(session: Session, req: PlanRequest, plan: Plan, profile: Profile | None = None) -> PlanRow:
+    """Store a plan the CLI solved, with the profile it was made with.
+
+    The profile (``profile``, or the file ``req.profile`` names when ``profile`` is None) is stored
+    before the plan row that references it, whether it came from a file, the shipped profiles or the
+    store, so the plan and an HTTP request with that profile's id share one content hash.
+
+    Raises:
+        ProfileError: ``req.profile`` names no file and no ``profile`` was given.
+    """
     pid: str | None = None
     if req.profile is not None:
-        if Path(req.profile).is_file():
-            prof = load_profile(req.profile)
-            # same costs stored with another provenance: reuse that row
-            with contextlib.suppress(repo.Conflict):
-                repo.save_profile(session, prof)
-            pid = prof.profile_id
-        else:
-            pid = req.profile  # a stored id (resolved by api.store_lookup.find_profile)
+        if profile is None:
+            profile = _cli_profile(session, req.profile)
+        # same costs stored with another provenance: reuse that row
+        with contextlib.suppress(repo.Conflict):
+            repo.save_profile(session, profile)
+        pid = profile.profile_id
     row, _ = repo.save_plan(session, req, plan, repo.request_hash(req, pid), pid)
     return row
+
+
+def _cli_profile(session: Session, name: str) -> Profile:
+    if Path(name).is_file():
+        return load_profile(name)
+    prof = _stored_profile(session, name)
+    if prof is None:
+        raise ProfileError("profile", name, rule="is neither a profile file nor a stored profile id")
+    return prof

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from platformdirs import user_data_dir
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -12,8 +13,6 @@ __all__ = ["Settings", "default_database_url", "get_settings"]
 
 def default_database_url() -> str:
     """A SQLite file in the user's data directory (created on first use)."""
-    from platformdirs import user_data_dir
-
     return f"sqlite:///{Path(user_data_dir('ppplan')) / 'ppplan.db'}"
 
 

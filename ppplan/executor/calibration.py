@@ -17,11 +17,18 @@ cache holding the prompt plus, on average, half the plan's output tokens.
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from ppplan.core.costmodel import CostModel
+from ppplan.core.gpus import get_gpu
+from ppplan.core.profile import Efficiency
+from ppplan.executor.run import model_name_of
 from ppplan.executor.spec import ExecutorError
+from ppplan.profiler.analytic import analytic_profile, model_spec
+from ppplan.profiler.calibrate import CalibrationPoint, apply_calibration, fit_efficiency
 
 __all__ = [
     "SPLIT_ROUNDS",
@@ -42,9 +49,6 @@ START_OVERHEADS = (0.0, 0.5, 0.9)
 
 def profile_for_plan(plan: Mapping[str, Any]) -> Any:
     """The analytic profile of the plan's model at the plan's dtypes."""
-    from ppplan.executor.run import model_name_of
-    from ppplan.profiler.analytic import analytic_profile, model_spec
-
     return analytic_profile(model_spec(model_name_of(dict(plan))), plan["weight_dtype"], plan["kv_dtype"])
 
 
@@ -65,10 +69,6 @@ def _stage_units(plan: Mapping[str, Any]) -> list[range]:
 
 def points_from_rows(plan: Mapping[str, Any], rows: Iterable[Mapping[str, Any]], profile: Any) -> list[Any]:
     """Calibration points (per unit) from stored stage rows of ``plan`` (see the module docstring)."""
-    from ppplan.core.costmodel import CostModel
-    from ppplan.core.gpus import get_gpu
-    from ppplan.profiler.calibrate import CalibrationPoint
-
     rows = list(rows)
     if not rows:
         raise ExecutorError(
@@ -117,9 +117,6 @@ def predict_stage_seconds(
 
     prefill: ``batch`` prompts of ``tokens`` tokens; decode: ``tokens`` sequences at ``context``.
     """
-    from ppplan.core.costmodel import CostModel
-    from ppplan.core.gpus import get_gpu
-
     cm = CostModel(profile, get_gpu(plan["cluster"]["gpu"]))
     t = _batched(cm, phase, tokens, context, batch if phase == "prefill" else 1)
     return [float(sum(t[u] for u in us)) for us in _stage_units(plan)]
@@ -142,8 +139,6 @@ def _row_shape(
 
 def stage_log_error(plan: Mapping[str, Any], rows: Iterable[Mapping[str, Any]], profile: Any) -> float:
     """Mean squared log error of ``profile``'s stage times against the rows (the fit's own measure)."""
-    import math
-
     rows = list(rows)
     shapes = _run_shapes(rows, plan)
     total = 0.0
@@ -169,9 +164,6 @@ def fit_stage_measurements(
     Returns:
         (calibrated profile, Efficiency, number of unit points).
     """
-    from ppplan.core.profile import Efficiency
-    from ppplan.profiler.calibrate import apply_calibration, fit_efficiency
-
     rows = [r for r in rows if float(r["compute_s"]) > 0]
     if not rows:
         raise ExecutorError("measurements", rule="no row has a positive compute time to fit")
@@ -197,7 +189,7 @@ def fit_stage_measurements(
 
 
 def calibrate_rows(
-    plan: Mapping[str, Any], rows: list[Mapping[str, Any]], plan_id: str, run_id: str | None = None
+    plan: Mapping[str, Any], rows: Sequence[Mapping[str, Any]], plan_id: str, run_id: str | None = None
 ) -> tuple[Any, Any, dict[str, Any]]:
     """Fit the plan's GPU kind from measurement rows of one stored plan (no store access here).
 

@@ -64,9 +64,9 @@ def launch(spec: RunSpec, spec_path: Path, world_size: int, opts: LaunchOptions,
         ExecutorError: ranks that do not split evenly over the nodes.
         RankFailedError: a rank failed or timed out; the message names it and quotes its error.
     """
-    from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs, Std
-    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+    from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs, Std  # lazy: the CLI imports this module
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError  # lazy: as above
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch  # lazy: as above
 
     if world_size % opts.nnodes:
         raise ExecutorError("nnodes", rule=f"{world_size} ranks do not split evenly over {opts.nnodes} nodes")
@@ -96,15 +96,15 @@ def launch(spec: RunSpec, spec_path: Path, world_size: int, opts: LaunchOptions,
 
 def _describe_failure(exc: object, nproc: int, node_rank: int, spec: RunSpec, log_dir: Path) -> str:
     failures = getattr(exc, "failures", {}) or {}
-    lines = []
+    ranked: list[tuple[bool, str]] = []  # (only waited on a failed neighbour, line)
     tp = max(1, spec.tp)
     for grank, f in sorted(failures.items()):
         code = getattr(f, "exitcode", None)
         stage = grank // tp
         detail = _error_line(log_dir, grank - node_rank * nproc) or f"exit status {code}"
-        lines.append((("died or hangs" in detail), f"rank {grank} (stage {stage}) failed: {detail}"))
+        ranked.append((("died or hangs" in detail), f"rank {grank} (stage {stage}) failed: {detail}"))
     # the rank that failed first (not its neighbours left waiting on it) comes first
-    lines = [text for _, text in sorted(lines, key=lambda x: x[0])]
+    lines = [text for _, text in sorted(ranked, key=lambda x: x[0])]
     if not lines:
         lines.append(str(exc).strip().splitlines()[0])
     return "; ".join(lines) + f" (rank logs in {log_dir})"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ppplan.executor.calibration import predict_stage_seconds, profile_for_plan
 from ppplan.executor.spec import ExecutorError
 
 __all__ = ["parse_partition", "recut"]
@@ -35,8 +36,6 @@ def recut(plan: dict[str, Any], sizes: list[int]) -> dict[str, Any]:
         ExecutorError: a count that is not PP, a stage without layers, sizes not summing to the
             model's layers.
     """
-    from ppplan.executor.calibration import predict_stage_seconds, profile_for_plan
-
     stages = plan["stages"]
     pp, L = len(stages), int(plan["model"]["num_layers"])
     if len(sizes) != pp:

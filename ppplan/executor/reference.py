@@ -8,13 +8,17 @@ rounding), greedy over the same number of tokens, and compares tokens and every 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 
-from ppplan.executor.stage import dtype_of
-from ppplan.executor.worker import prompts
+from ppplan.executor.schedule import prompts
+from ppplan.executor.stage import dtype_of, rotary_embedding
+from ppplan.executor.weights import materialise
+from ppplan.profiler.configs import load_model_config
 from ppplan.profiler.hf_compat import cache_kwargs
+from ppplan.profiler.models import build_hf_config, build_meta_model
 
 __all__ = ["LOGITS_TOLERANCE", "LOGITS_TOLERANCE_ULPS", "CheckResult", "compare", "reference_outputs"]
 
@@ -93,13 +97,6 @@ def reference_outputs(
 
     ``use_cache=False`` recomputes the whole sequence at every step instead of decoding over the KV
     cache: an oracle that does not trust the cache path (a test compares the two)."""
-    from pathlib import Path
-
-    from ppplan.executor.stage import rotary_embedding
-    from ppplan.executor.weights import materialise
-    from ppplan.profiler.configs import load_model_config
-    from ppplan.profiler.models import build_hf_config, build_meta_model
-
     hf = build_hf_config(load_model_config(model_name))
     hf._attn_implementation = "sdpa"
     model = build_meta_model(hf).eval()

@@ -4,7 +4,7 @@ Units follow the plan: ``decode_ms`` is one decode step of one micro-batch on a 
 the median over the run's steps), ``prefill_ms`` is the prefill of one prompt (measured: the
 median micro-batch prefill divided by the micro-batch size). ``wait`` is time blocked in receives
 (the pipeline bubble plus transfer), ``bytes_sent`` what the stage sent on, ``peak_bytes`` as
-described in :class:`executor.worker.PhaseStats`.
+described in :class:`ppplan.executor.schedule.PhaseStats`.
 """
 
 from __future__ import annotations
@@ -224,7 +224,7 @@ def store_rows(report: dict[str, Any], run_id: str) -> list[dict[str, Any]]:
     ``compute_s`` is the median step (prefill: one micro-batch of ``micro_batch_size`` prompts;
     decode: one token for each sequence of a micro-batch), ``tokens`` the tokens of that step,
     ``wait_s`` and ``bytes_sent`` the phase's totals divided by its steps, ``peak_bytes`` the
-    phase's peak (see :class:`ppplan.executor.worker.PhaseStats`).
+    phase's peak (see :class:`ppplan.executor.schedule.PhaseStats`).
     """
     wl = report["workload"]
     b, P = wl["micro_batch_size"], wl["prompt_tokens"]

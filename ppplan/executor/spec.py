@@ -15,10 +15,12 @@ from ppplan.core.errors import PpplanError
 __all__ = [
     "CHECK_WORKLOAD",
     "DTYPES",
+    "Device",
     "ExecutorError",
     "RankFailedError",
     "RunSpec",
     "Workload",
+    "as_device",
     "resolve_workload",
 ]
 
@@ -103,13 +105,30 @@ def resolve_workload(
     return Workload(**base), why
 
 
+Device = Literal["cpu", "cuda"]
+"""Where the executor's ranks compute."""
+
+
+def as_device(value: str) -> Device:
+    """``value`` as a :data:`Device`.
+
+    Raises:
+        ExecutorError: ``value`` is neither 'cpu' nor 'cuda'.
+    """
+    if value == "cpu":
+        return "cpu"
+    if value == "cuda":
+        return "cuda"
+    raise ExecutorError("device", rule=f"{value!r} must be 'cpu' or 'cuda'")
+
+
 @dataclass(kw_only=True, slots=True)
 class RunSpec:
     """One run of a plan, as every rank sees it (JSON in the run folder)."""
 
     plan_path: str
     """the Plan JSON v1 file (a copy in the run folder)"""
-    device: Literal["cpu", "cuda"] = "cpu"
+    device: Device = "cpu"
     """where ranks compute; 'cuda' uses GPU local_rank % device_count"""
     backend: Literal["gloo", "nccl"] = "gloo"
     """torch.distributed backend: gloo on CPU (and on a GPU shared by several ranks), NCCL otherwise"""
@@ -133,8 +152,7 @@ class RunSpec:
     """tensor-parallel ranks per stage"""
 
     def __post_init__(self) -> None:
-        if self.device not in ("cpu", "cuda"):
-            raise ExecutorError("device", rule=f"{self.device!r} must be 'cpu' or 'cuda'")
+        as_device(self.device)
         if self.dtype not in DTYPES:
             raise ExecutorError("dtype", rule=f"{self.dtype!r} must be one of {', '.join(DTYPES)}")
         if self.timeout_s <= 0:

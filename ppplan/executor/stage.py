@@ -11,13 +11,21 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import nn
+from transformers import DynamicCache
 
 from ppplan.executor.spec import ExecutorError
+from ppplan.executor.weights import materialise
+from ppplan.profiler.configs import load_model_config
 from ppplan.profiler.hf_compat import cache_kwargs
+from ppplan.profiler.models import build_hf_config, build_meta_model, decoder_layers
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 __all__ = [
     "StageLayout",
@@ -61,12 +69,11 @@ def stage_layout(model: nn.Module, modules: Sequence[str], num_layers: int) -> S
     Raises:
         ExecutorError: an unknown module, non-contiguous layers, or a part the runtime cannot place.
     """
-    from ppplan.profiler.models import decoder_layers
-
     layers_prefix, _ = decoder_layers(model, num_layers)
     names = {id(m): n for n, m in model.named_modules()}
-    emb_name = names[id(model.get_input_embeddings())]
-    head_mod = model.get_output_embeddings()
+    causal_lm = cast("PreTrainedModel", model)  # built by build_meta_model
+    emb_name = names[id(causal_lm.get_input_embeddings())]
+    head_mod = causal_lm.get_output_embeddings()
     head_name = names[id(head_mod)] if head_mod is not None else None
     known = dict(model.named_modules())
     pat = re.compile(rf"^{re.escape(layers_prefix)}\.(\d+)$")
@@ -142,8 +149,6 @@ class StageRuntime:
 
     def new_cache(self) -> Any:
         """An empty KV cache for one micro-batch (layer slots indexed by global layer id)."""
-        from transformers import DynamicCache
-
         return DynamicCache(config=self.hf_config)
 
     @torch.inference_mode()
@@ -195,12 +200,6 @@ def build_stage(
     Returns:
         The stage runtime and the bytes of weights it holds.
     """
-    from pathlib import Path
-
-    from ppplan.executor.weights import materialise
-    from ppplan.profiler.configs import load_model_config
-    from ppplan.profiler.models import build_hf_config, build_meta_model
-
     hf = build_hf_config(load_model_config(model_name))
     hf._attn_implementation = "sdpa"
     model = build_meta_model(hf)
@@ -229,7 +228,11 @@ def tensor_parallelize(rt: StageRuntime, tp_mesh: Any) -> list[str]:
     Raises:
         ExecutorError: a TP degree that does not divide the attention or KV heads.
     """
-    from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
+    from torch.distributed.tensor.parallel import (  # lazy: DTensor loads only for TP > 1
+        ColwiseParallel,
+        RowwiseParallel,
+        parallelize_module,
+    )
 
     tp = tp_mesh.size()
     cfg = rt.hf_config

@@ -10,11 +10,15 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import torch
 from torch import nn
 
 from ppplan.executor.spec import ExecutorError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 __all__ = ["canonical_names", "materialise", "param_seed", "seeded_tensor", "stage_param_names"]
 
@@ -147,10 +151,11 @@ def _checkpoint_files(checkpoint: Path) -> list[Path]:
 
 def _read_checkpoint(checkpoint: Path, names: list[str], model: nn.Module) -> dict[str, torch.Tensor]:
     """Read only ``names`` (plus tied aliases) from the checkpoint, key by key."""
-    from safetensors import safe_open
+    from safetensors import safe_open  # lazy: only a checkpoint run needs safetensors
 
     tied_alias = {}
-    out_emb, in_emb = model.get_output_embeddings(), model.get_input_embeddings()
+    causal_lm = cast("PreTrainedModel", model)  # built by build_meta_model
+    out_emb, in_emb = causal_lm.get_output_embeddings(), causal_lm.get_input_embeddings()
     if out_emb is not None and out_emb.weight is in_emb.weight:
         # a checkpoint of a tied model may store only one of the two names
         mods = {id(m): n for n, m in model.named_modules()}

@@ -1,4 +1,6 @@
-"""The ``ppplan`` command line (typer + rich). Errors print one line and exit with status 2.
+"""The ``ppplan`` command line (typer + rich). User errors print one line and exit with status 2;
+any other exception is a bug: one line naming it and exit status 1 (``ppplan --debug …`` prints the
+traceback instead).
 
 Each module of this package holds the commands of one concern on its own ``commands`` app;
 :data:`app` combines them here, explicitly, in the order ``ppplan --help`` lists them.
@@ -7,12 +9,13 @@ Each module of this package holds the commands of one concern on its own ``comma
 from __future__ import annotations
 
 import sys
+from typing import Annotated
 
 import typer
 from typer._click.exceptions import ClickException, UsageError  # typer >= 0.27 vendors click
 
 from ppplan.api.cli import calibrate, catalog, partition, plan, profile, run, store
-from ppplan.api.cli.common import err_console
+from ppplan.api.cli.common import cli_options, err_console, report_internal_error
 
 __all__ = ["app", "main"]
 
@@ -35,8 +38,16 @@ for _commands in (
     app.add_typer(_commands)
 
 
+@app.callback()
+def _root(
+    debug: Annotated[bool, typer.Option("--debug", help="on an internal error, print its traceback")] = False,
+) -> None:
+    cli_options.debug = debug
+
+
 def main() -> None:
-    """Console-script entry point: usage errors print one line (exit 2), like every other user error."""
+    """Console-script entry point: usage errors print one line (exit 2), like every other user error;
+    an internal error prints one line (exit 1), or its traceback under ``--debug``."""
     try:
         rv = app(standalone_mode=False)
     except UsageError as exc:
@@ -53,6 +64,9 @@ def main() -> None:
         sys.exit(exc.exit_code)
     except typer.Abort:
         sys.exit(130)
+    except Exception as exc:  # not a user error (those exit 2 inside the commands): a bug
+        report_internal_error(exc)
+        sys.exit(1)
     sys.exit(rv if isinstance(rv, int) else 0)
 
 

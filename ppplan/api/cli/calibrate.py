@@ -13,6 +13,11 @@ import typer
 from rich.table import Table
 
 from ppplan.api.cli.common import console, err_console, fail, user_errors, write_json
+from ppplan.core.gpus import get_gpu
+from ppplan.core.profile import ProfileError
+from ppplan.profiler.analytic import analytic_profile, model_spec
+from ppplan.profiler.calibrate import apply_calibration, fit_efficiency, points_from_profile
+from ppplan.profiler.profile_file import load_profile
 
 __all__ = ["calibrate", "commands"]
 
@@ -45,11 +50,6 @@ def calibrate(
     From a measured profile (PROFILE_FILE) or from a stored plan's executor measurements
     (--from-measurements PLAN_ID, which stores the calibrated profile and prints its id).
     """
-    from ppplan.core.gpus import get_gpu
-    from ppplan.core.profile import ProfileError
-    from ppplan.profiler.calibrate import apply_calibration, fit_efficiency, points_from_profile
-    from ppplan.profiler.profile_file import load_profile
-
     if from_measurements is not None:
         if profile_file is not None:
             fail("give either PROFILE_FILE or --from-measurements PLAN_ID, not both")
@@ -78,8 +78,6 @@ def calibrate(
     eff = fit_efficiency(prof, kind, points_from_profile(prof), source=f"ppplan calibrate {prof.label}")
     target = prof
     if model is not None:
-        from ppplan.profiler.analytic import analytic_profile, model_spec
-
         target = analytic_profile(model_spec(model), prof.weight_dtype, prof.kv_dtype)
     result = apply_calibration(target, kind, eff)
     t = Table(title=f"calibration of {kind} from {prof.label} ({eff.points} points)")
@@ -112,9 +110,7 @@ def calibrate(
 
 def _from_measurements(plan_id: str, run_id: str | None, model: str | None, out: Path | None) -> None:
     """``ppplan calibrate --from-measurements PLAN_ID``: fit the plan's GPU kind from stored stage times."""
-    from ppplan.api.run_store import calibrate_from_measurements
-    from ppplan.profiler.analytic import analytic_profile, model_spec
-    from ppplan.profiler.calibrate import apply_calibration
+    from ppplan.api.run_store import calibrate_from_measurements  # lazy: the CLI starts without SQLAlchemy
 
     prof, eff, summary = calibrate_from_measurements(plan_id, run_id=run_id, save=True)
     gpu = str(summary["gpu"])

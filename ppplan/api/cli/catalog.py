@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 
 from ppplan.api.cli.common import console, user_errors
+from ppplan.core.gpus import list_gpus
+from ppplan.profiler.analytic import model_spec
+from ppplan.profiler.configs import list_presets
 
 __all__ = ["commands"]
 
@@ -19,10 +22,7 @@ commands = typer.Typer()
 @user_errors
 def models(as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False) -> None:
     """List the bundled model presets."""
-    from ppplan.profiler.analytic import model_spec
-    from ppplan.profiler.configs import list_presets
-
-    rows = []
+    rows: list[dict[str, Any]] = []
     for p in list_presets():
         s = model_spec(p.name)
         rows.append(
@@ -62,8 +62,6 @@ def models(as_json: Annotated[bool, typer.Option("--json", help="print JSON")] =
 @user_errors
 def gpus(as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False) -> None:
     """List the GPU catalog (vendor datasheet figures)."""
-    from ppplan.core.gpus import list_gpus
-
     cat = list_gpus()
     if as_json:
         print(json.dumps([g.model_dump() for g in cat], indent=1))

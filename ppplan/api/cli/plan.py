@@ -7,9 +7,15 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from pydantic import ValidationError
 from rich.table import Table
 
 from ppplan.api.cli.common import console, fail, load_profile_arg, user_errors, write_json
+from ppplan.partitioner.exports import ENGINE_FORMATS, render_export
+from ppplan.partitioner.plan import Plan
+from ppplan.partitioner.request import PlanRequest
+from ppplan.partitioner.validate import validate_plan
+from ppplan.profiler.resolve import plan_request
 
 __all__ = ["commands", "print_plan"]
 
@@ -43,17 +49,13 @@ def plan(
         ),
     ] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="write Plan JSON v1 here ('-' = stdout)")] = None,
-    export: Annotated[str | None, typer.Option(help="print engine settings: vllm, sglang, trtllm, torch")] = None,
+    export: Annotated[str | None, typer.Option(help=f"print engine settings: {', '.join(ENGINE_FORMATS)}")] = None,
     save: Annotated[bool, typer.Option(help="store the plan in the local database")] = True,
     solver: Annotated[str, typer.Option(help="cut solver: dp (exact) or cpsat (OR-Tools, gap reported)")] = "dp",
 ) -> None:
     """Plan TP/PP degrees, replicas and the exact stage cut for MODEL on GPUS."""
-    from ppplan.partitioner.exports import EXPORT_FORMATS, render_export
-    from ppplan.partitioner.request import PlanRequest
-    from ppplan.profiler.resolve import plan_request
-
-    if export is not None and (export not in EXPORT_FORMATS or export == "json"):
-        fail(f"export: {export!r} is not one of vllm, sglang, trtllm, torch")
+    if export is not None and export not in ENGINE_FORMATS:
+        fail(f"export: {export!r} is not one of {', '.join(ENGINE_FORMATS)}")
     req = PlanRequest(
         model=model,
         gpus=gpus,
@@ -74,9 +76,14 @@ def plan(
         profile=profile,
         solver=solver,
     )
-    result = plan_request(req, load_profile_arg(profile))
+    prof = load_profile_arg(profile)
+    result = plan_request(req, prof)
     data = result.model_dump(mode="json")
-    plan_id = _save_plan(req, result) if save else None
+    plan_id = None
+    if save:
+        from ppplan.api.store_lookup import save_plan_from_cli  # lazy: --no-save must not import SQLAlchemy
+
+        plan_id = save_plan_from_cli(req, result, prof)
     if json_out is not None:
         write_json(json_out, json.dumps(data, indent=1), field="json")
         if str(json_out) == "-":
@@ -85,14 +92,6 @@ def plan(
         print(render_export(data, export))
         return
     print_plan(data, plan_id)
-
-
-def _save_plan(req: Any, result: Any) -> str | None:
-    try:
-        from ppplan.api.store_lookup import save_plan_from_cli
-    except ImportError:
-        return None
-    return save_plan_from_cli(req, result)
 
 
 def print_plan(d: dict[str, Any], plan_id: str | None = None) -> None:
@@ -209,11 +208,6 @@ def print_plan(d: dict[str, Any], plan_id: str | None = None) -> None:
 @user_errors
 def validate(plan_file: Annotated[Path, typer.Argument(help="a Plan JSON v1 file")]) -> None:
     """Check a plan file's internal consistency (partition, stages, memory, schedule, exports)."""
-    from pydantic import ValidationError
-
-    from ppplan.partitioner.plan import Plan
-    from ppplan.partitioner.validate import validate_plan
-
     try:
         data = json.loads(plan_file.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:

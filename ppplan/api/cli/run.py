@@ -10,8 +10,16 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from pydantic import ValidationError
+from rich.markup import escape
 
 from ppplan.api.cli.common import console, err_console, fail, user_errors
+from ppplan.executor.launch import LaunchOptions
+from ppplan.executor.recut import parse_partition, recut
+from ppplan.executor.report import print_report
+from ppplan.executor.run import run_plan
+from ppplan.executor.spec import ExecutorError, RankFailedError
+from ppplan.partitioner.plan import Plan
 
 __all__ = ["commands", "load_plan_arg", "run"]
 
@@ -24,8 +32,6 @@ def load_plan_arg(value: str) -> tuple[dict[str, Any], str | None]:
     Raises:
         ExecutorError: neither a readable plan file nor a stored plan.
     """
-    from ppplan.executor.spec import ExecutorError
-
     path = Path(value)
     if path.is_file():
         try:
@@ -42,11 +48,6 @@ def load_plan_arg(value: str) -> tuple[dict[str, Any], str | None]:
 
 
 def _validate_plan(data: Any, where: str) -> None:
-    from pydantic import ValidationError
-
-    from ppplan.executor.spec import ExecutorError
-    from ppplan.partitioner.plan import Plan
-
     try:
         Plan.model_validate(data)
     except ValidationError as exc:
@@ -56,13 +57,13 @@ def _validate_plan(data: Any, where: str) -> None:
 
 
 def _stored_plan(plan_id: str) -> dict[str, Any] | None:
-    from ppplan.api.run_store import load_stored_plan
+    from ppplan.api.run_store import load_stored_plan  # lazy: the CLI starts without SQLAlchemy
 
     return load_stored_plan(plan_id)
 
 
 def _calibrate(plan_id: str) -> None:
-    from ppplan.api.run_store import calibrate_from_measurements
+    from ppplan.api.run_store import calibrate_from_measurements  # lazy: the CLI starts without SQLAlchemy
 
     _, eff, summary = calibrate_from_measurements(plan_id)
     fe = eff.fit_error
@@ -117,17 +118,10 @@ def run(
     ] = False,
 ) -> None:
     """Run PLAN's stage cut with one process per rank, check it against the unsplit model, measure it."""
-    from ppplan.executor.launch import LaunchOptions
-    from ppplan.executor.report import print_report
-    from ppplan.executor.run import run_plan
-    from ppplan.executor.spec import RankFailedError
-
     if device not in ("cpu", "cuda"):
         fail(f"device: {device!r} must be 'cpu' or 'cuda'")
     data, plan_id = load_plan_arg(plan)
     if partition is not None:
-        from ppplan.executor.recut import parse_partition, recut
-
         data = recut(data, parse_partition(partition))
         if plan_id is not None and store:
             err_console.print(f"note: --partition re-cuts plan {plan_id}; its measurements are not stored")
@@ -151,32 +145,40 @@ def run(
             plan_id=plan_id,
         )
     except RankFailedError as exc:
-        from rich.markup import escape
-
         fail(escape(f"run failed, nothing stored: {exc}"), code=1)
         return
     if report is None:
         err_console.print(f"node {node_rank}: its ranks finished; node 0 holds the results")
         return
+    _show_report(report, json_out)
+    passed = report["check"] is None or report["check"]["passed"]
+    if not passed:
+        fail("correctness check failed: the pipelined run differs from the unsplit model (nothing stored)", code=1)
+    _store_and_calibrate(report, plan_id if store else None, calibrate=calibrate)
+
+
+def _show_report(report: dict[str, Any], json_out: Path | None) -> None:
+    """The report as JSON in ``json_out`` ('-' = stdout, then nothing else) and as tables on stdout."""
     if json_out is not None:
         text = json.dumps(report, indent=1)
         if str(json_out) == "-":
             print(text)
-        else:
-            tmp = json_out.with_name(f".{json_out.name}.tmp")
-            tmp.write_text(text + "\n")
-            tmp.replace(json_out)
-    if json_out is None or str(json_out) != "-":
-        print_report(report, console)
-    passed = report["check"] is None or report["check"]["passed"]
-    if not passed:
-        fail("correctness check failed: the pipelined run differs from the unsplit model (nothing stored)", code=1)
-    if plan_id and store:
-        from ppplan.api.run_store import store_measurements
+            return
+        tmp = json_out.with_name(f".{json_out.name}.tmp")
+        tmp.write_text(text + "\n")
+        tmp.replace(json_out)
+    print_report(report, console)
 
-        n, rid = store_measurements(plan_id, report)
-        err_console.print(f"stored {n} measurement rows of plan {plan_id} (run {rid})", highlight=False)
+
+def _store_and_calibrate(report: dict[str, Any], plan_id: str | None, *, calibrate: bool) -> None:
+    """Store the run's measurements under ``plan_id`` (None: not stored), then calibrate if asked."""
+    if plan_id is None:
         if calibrate:
-            _calibrate(plan_id)
-    elif calibrate:
-        fail("calibrate: needs a stored plan id (and --store) so the fit reads stored measurements")
+            fail("calibrate: needs a stored plan id (and --store) so the fit reads stored measurements")
+        return
+    from ppplan.api.run_store import store_measurements  # lazy: the CLI starts without SQLAlchemy
+
+    n, rid = store_measurements(plan_id, report)
+    err_console.print(f"stored {n} measurement rows of plan {plan_id} (run {rid})", highlight=False)
+    if calibrate:
+        _calibrate(plan_id)

@@ -12,6 +12,9 @@ from rich.table import Table
 
 from ppplan.api.cli.common import console, fail, user_errors
 from ppplan.api.cli.plan import print_plan
+from ppplan.api.settings import get_settings
+from ppplan.core.gpus import get_gpu
+from ppplan.partitioner.exports import EXPORT_FORMATS, render_export
 
 __all__ = ["commands", "db_app", "plans_app"]
 
@@ -23,7 +26,7 @@ commands.add_typer(db_app, name="db")
 
 
 def _url() -> str:
-    from ppplan.api.store_lookup import database_url
+    from ppplan.api.store_lookup import database_url  # lazy: the CLI starts without SQLAlchemy
 
     return database_url()
 
@@ -40,9 +43,8 @@ def plans_list(
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
     """List stored plans, newest first."""
-    from ppplan.api.store import repo
-    from ppplan.api.store.engine import session_scope
-    from ppplan.core.gpus import get_gpu
+    from ppplan.api.store import repo  # lazy: the CLI starts without SQLAlchemy
+    from ppplan.api.store.engine import session_scope  # lazy: the CLI starts without SQLAlchemy
 
     if objective is not None and objective not in ("throughput", "latency", "min-gpus"):
         fail(f"objective: {objective!r} is not one of throughput, latency, min-gpus")
@@ -55,7 +57,7 @@ def plans_list(
     with session_scope(_url()) as s:
         rows, total = repo.list_plans(s, flt, limit=limit, offset=offset)
     if as_json:
-        from ppplan.api.schemas import PlanSummary
+        from ppplan.api.schemas import PlanSummary  # lazy: the CLI starts without SQLAlchemy
 
         print(
             json.dumps(
@@ -83,8 +85,8 @@ def plans_list(
 
 
 def _load(plan_id: str) -> dict[str, object]:
-    from ppplan.api.store import repo
-    from ppplan.api.store.engine import session_scope
+    from ppplan.api.store import repo  # lazy: the CLI starts without SQLAlchemy
+    from ppplan.api.store.engine import session_scope  # lazy: the CLI starts without SQLAlchemy
 
     with session_scope(_url()) as s:
         row = repo.get_plan(s, plan_id)
@@ -111,11 +113,9 @@ def plans_show(
 @user_errors
 def plans_export(
     plan_id: Annotated[str, typer.Argument(help="plan id")],
-    fmt: Annotated[str, typer.Option("--format", "-f", help="vllm, sglang, trtllm, torch or json")] = "vllm",
+    fmt: Annotated[str, typer.Option("--format", "-f", help=", ".join(EXPORT_FORMATS))] = "vllm",
 ) -> None:
     """Print a stored plan's engine settings."""
-    from ppplan.partitioner.exports import EXPORT_FORMATS, render_export
-
     if fmt not in EXPORT_FORMATS:
         fail(f"format: {fmt!r} is not one of {', '.join(EXPORT_FORMATS)}")
     print(render_export(_load(plan_id), fmt))
@@ -128,8 +128,8 @@ def plans_delete(
     force: Annotated[bool, typer.Option(help="also delete the plan's measurements")] = False,
 ) -> None:
     """Delete a stored plan."""
-    from ppplan.api.store import repo
-    from ppplan.api.store.engine import session_scope
+    from ppplan.api.store import repo  # lazy: the CLI starts without SQLAlchemy
+    from ppplan.api.store.engine import session_scope  # lazy: the CLI starts without SQLAlchemy
 
     with session_scope(_url()) as s:
         try:
@@ -149,55 +149,50 @@ def serve(
     workers: Annotated[int, typer.Option(min=1, max=64, help="uvicorn worker processes")] = 1,
     log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "info",
 ) -> None:
-    """Run the planning service (REST API under /v1, docs at /docs) on the configured store."""
-    import uvicorn
+    """Run the planning service (REST API under /v1, docs at /docs) on the configured store.
 
-    from ppplan.api.settings import get_settings
-    from ppplan.api.store.migrate import ensure_schema
+    The default store is created on its first run; any other must be at the schema head already
+    (``ppplan db upgrade``), checked here before the workers start.
+    """
+    import uvicorn  # lazy: only the service needs it
 
-    url = get_settings().database_url
-    ensure_schema(url)  # once here, so several workers do not race on the migration
-    console.print(f"ppplan service on http://{host}:{port}/docs — store {_redact(url)}", highlight=False)
+    from ppplan.api.store.migrate import redact  # lazy: the CLI starts without SQLAlchemy
+
+    url = _url()  # once here, so several workers do not race on creating the default store
+    console.print(f"ppplan service on http://{host}:{port}/docs — store {redact(url)}", highlight=False)
     uvicorn.run("ppplan.api.app:create_app", factory=True, host=host, port=port, workers=workers, log_level=log_level)
-
-
-def _redact(url: str) -> str:
-    from sqlalchemy.engine import make_url
-
-    return make_url(url).render_as_string(hide_password=True)
 
 
 @db_app.command("upgrade")
 @user_errors
 def db_upgrade(revision: Annotated[str, typer.Argument(help="target revision")] = "head") -> None:
     """Bring the store's schema to REVISION (default the newest)."""
-    from ppplan.api.settings import get_settings
-    from ppplan.api.store import migrate
+    from ppplan.api.store import migrate  # lazy: the CLI starts without SQLAlchemy
 
     url = get_settings().database_url
     migrate.upgrade(url, revision)
-    console.print(f"{_redact(url)} at revision {migrate.current(url)}", highlight=False)
+    console.print(f"{migrate.redact(url)} at revision {migrate.current(url)}", highlight=False)
 
 
 @db_app.command("downgrade")
 @user_errors
 def db_downgrade(revision: Annotated[str, typer.Argument(help="target revision ('base' drops every table)")]) -> None:
     """Take the store's schema back to REVISION."""
-    from ppplan.api.settings import get_settings
-    from ppplan.api.store import migrate
+    from ppplan.api.store import migrate  # lazy: the CLI starts without SQLAlchemy
 
     url = get_settings().database_url
     migrate.downgrade(url, revision)
-    console.print(f"{_redact(url)} at revision {migrate.current(url) or 'base (empty)'}", highlight=False)
+    console.print(f"{migrate.redact(url)} at revision {migrate.current(url) or 'base (empty)'}", highlight=False)
 
 
 @db_app.command("current")
 @user_errors
 def db_current() -> None:
     """Print the store's URL and schema revision."""
-    from ppplan.api.settings import get_settings
-    from ppplan.api.store import migrate
+    from ppplan.api.store import migrate  # lazy: the CLI starts without SQLAlchemy
 
     url = get_settings().database_url
     cur = migrate.current(url)
-    console.print(f"{_redact(url)} at revision {cur or 'base (empty)'}; head is {migrate.head()}", highlight=False)
+    console.print(
+        f"{migrate.redact(url)} at revision {cur or 'base (empty)'}; head is {migrate.head()}", highlight=False
+    )

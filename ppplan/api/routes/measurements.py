@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Query
 
 from ppplan.api.deps import SessionDep
@@ -11,7 +13,7 @@ from ppplan.api.store import repo
 from ppplan.api.store.models import MeasurementRow
 
 router = APIRouter(prefix="/plans/{plan_id}/measurements", tags=["measurements"])
-_RESP = {404: {"model": ErrorBody}, 422: {"model": ErrorBody}}
+_RESP: dict[int | str, dict[str, Any]] = {404: {"model": ErrorBody}, 422: {"model": ErrorBody}}
 
 
 def _public(rows: list[MeasurementRow]) -> list[MeasurementPublic]:

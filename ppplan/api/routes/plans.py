@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from typing import Literal
+from typing import Any, Literal
 
 from fastapi import APIRouter, Query, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
@@ -16,13 +16,12 @@ from ppplan.api.service import check_http_request, plan_and_store
 from ppplan.api.store import repo
 from ppplan.api.store.models import PlanRow
 from ppplan.core.gpus import UnknownGPUError, get_gpu
-from ppplan.partitioner.exports import render_export
+from ppplan.partitioner.exports import SHELL_FORMATS, ExportFormat, render_export
 from ppplan.partitioner.request import Objective, PlanRequest
 
 router = APIRouter(prefix="/plans", tags=["plans"])
-_ERR = {422: {"model": ErrorBody}}
-_404 = {404: {"model": ErrorBody}}
-ExportFormat = Literal["vllm", "sglang", "trtllm", "torch", "json"]
+_ERR: dict[int | str, dict[str, Any]] = {422: {"model": ErrorBody}}
+_404: dict[int | str, dict[str, Any]] = {404: {"model": ErrorBody}}
 
 
 def _public(row: PlanRow, *, cached: bool) -> PlanPublic:
@@ -136,6 +135,6 @@ def export_plan(plan_id: str, fmt: ExportFormat, session: SessionDep) -> Respons
     if row is None:
         raise not_found("plan", "plan_id", plan_id)
     text = render_export(row.body, fmt)
-    if fmt in ("vllm", "sglang"):
+    if fmt in SHELL_FORMATS:
         return PlainTextResponse(text + "\n")
     return JSONResponse(json.loads(text))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Query, Response
 from sqlalchemy import func, select
 
@@ -13,7 +15,7 @@ from ppplan.api.store.models import ProfileRow
 from ppplan.core.profile import Profile
 
 router = APIRouter(prefix="/profiles", tags=["profiles"])
-_ERR = {422: {"model": ErrorBody}}
+_ERR: dict[int | str, dict[str, Any]] = {422: {"model": ErrorBody}}
 
 
 def _public(row: ProfileRow, *, cached: bool = False, body: bool = True) -> ProfilePublic:

@@ -40,7 +40,7 @@ def make_engine(url: str) -> Engine:
     """A new engine for ``url``; a SQLite file's directory is created if missing.
 
     Raises:
-        ValueError: ``url`` is not a SQLAlchemy URL.
+        PpplanError: ``url`` is not a SQLAlchemy URL.
     """
     try:
         u = make_url(url)

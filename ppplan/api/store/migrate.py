@@ -1,5 +1,10 @@
 """Run Alembic programmatically with the ``alembic.ini`` shipped in the ``migrations`` package, so
-migrations work from an installed package and any working directory."""
+migrations work from an installed package and any working directory.
+
+Migrations run only on purpose: ``ppplan db upgrade`` (:func:`upgrade`), or the first run on the
+default store (:func:`ensure_schema`, called by :mod:`ppplan.api.store_lookup`). Everything else
+checks the schema with :func:`require_head` and tells the user to upgrade.
+"""
 
 from __future__ import annotations
 
@@ -9,11 +14,26 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 from alembic.script import ScriptDirectory
+from alembic.util.exc import CommandError
 from sqlalchemy import inspect, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
 
 from ppplan.api.store.engine import get_engine
+from ppplan.core.errors import PpplanError
 
-__all__ = ["HEAD_REVISION", "alembic_config", "current", "downgrade", "ensure_schema", "head", "upgrade"]
+__all__ = [
+    "HEAD_REVISION",
+    "StoreNotReadyError",
+    "alembic_config",
+    "current",
+    "downgrade",
+    "ensure_schema",
+    "head",
+    "redact",
+    "require_head",
+    "upgrade",
+]
 
 HEAD_REVISION = "0001"
 """The newest migration; a test keeps it equal to the scripts' head (a quick check without Alembic)."""
@@ -70,3 +90,50 @@ def ensure_schema(url: str) -> None:
         # another process may have migrated concurrently; only that is forgiven
         if current(url) != HEAD_REVISION:
             raise
+
+
+class StoreNotReadyError(PpplanError):
+    """The store cannot be used as it is: empty, behind this ppplan's schema, or unreachable (CLI exit
+    2, HTTP 503). ``field`` is ``database_url``; the message names the URL without its password."""
+
+
+def redact(url: str) -> str:
+    """``url`` with its password hidden (for messages and logs)."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not a URL at all: make_engine reports that
+        return url
+
+
+def _known(revision: str) -> bool:
+    try:
+        return ScriptDirectory.from_config(alembic_config("sqlite://")).get_revision(revision) is not None
+    except CommandError:
+        return False
+
+
+def require_head(url: str) -> None:
+    """Check that the database at ``url`` is at the head revision; migrate nothing.
+
+    Raises:
+        StoreNotReadyError: the database is empty, at an older (or unknown) revision, or unreachable.
+    """
+    shown = redact(url)
+    try:
+        rev = current(url)
+    except OperationalError as exc:
+        raise StoreNotReadyError(
+            "database_url", shown, rule=f"cannot open the store {shown} ({str(exc.orig).strip().splitlines()[0]})"
+        ) from None
+    if rev == HEAD_REVISION:
+        return
+    if rev is None:
+        rule = f"the store {shown} has no schema yet; create it with `ppplan db upgrade`"
+    elif _known(rev):
+        rule = f"the store {shown} is at schema revision {rev}, behind {HEAD_REVISION}; run `ppplan db upgrade`"
+    else:
+        rule = (
+            f"the store {shown} is at schema revision {rev}, which this ppplan (head {HEAD_REVISION}) does not "
+            "know; use the newer ppplan that wrote it"
+        )
+    raise StoreNotReadyError("database_url", shown, rule=rule)

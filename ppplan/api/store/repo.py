@@ -9,6 +9,7 @@ import json
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -16,11 +17,13 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from ppplan.api.store.conflict import Conflict
 from ppplan.api.store.models import MeasurementRow, PlanRequestRow, PlanRow, ProfileRow, utcnow
 from ppplan.core.errors import PpplanError
 from ppplan.core.profile import Profile
 from ppplan.partitioner.plan import Plan
 from ppplan.partitioner.request import PlanRequest
+from ppplan.profiler.analytic import COST_MODEL_VERSION
 
 __all__ = [
     "Conflict",
@@ -43,18 +46,8 @@ __all__ = [
 _I64 = 2**63 - 1
 
 
-class Conflict(Exception):
-    """A write that contradicts stored data (HTTP 409); ``field`` names what clashed."""
-
-    def __init__(self, field_name: str, message: str) -> None:
-        super().__init__(f"{field_name}: {message}")
-        self.field = field_name
-
-
 def ppplan_version() -> str:
     """The installed ppplan version (part of every request hash)."""
-    from importlib.metadata import PackageNotFoundError, version
-
     try:
         return version("ppplan")
     except PackageNotFoundError:
@@ -126,8 +119,6 @@ def save_profile(session: Session, profile: Profile) -> tuple[ProfileRow, bool]:
 def request_hash(req: PlanRequest, profile_key: str | None) -> str:
     """Content hash of a request: canonical request JSON (defaults filled) with ``profile`` replaced by
     ``profile_key`` (a profile id, None = analytic), the ppplan version and the cost-model version."""
-    from ppplan.profiler.analytic import COST_MODEL_VERSION
-
     body = req.model_dump(mode="json")
     body["profile"] = profile_key
     return hashlib.sha256(
@@ -157,8 +148,6 @@ def save_plan(
     Safe under concurrent identical requests: the unique content hash lets one insert win and the
     others return the winner's row.
     """
-    from ppplan.profiler.analytic import COST_MODEL_VERSION
-
     existing = get_plan_by_hash(session, content_hash)
     if existing is not None:
         return existing, False
@@ -312,7 +301,7 @@ def add_measurements(
 
     Raises:
         pydantic.ValidationError: a row with a missing or invalid field.
-        ValueError: a stage index outside the plan's stages (``stage: ...``).
+        PpplanError: a stage index outside the plan's stages (``stage: ...``).
     """
     plan = session.get(PlanRow, plan_id)
     if plan is None:
