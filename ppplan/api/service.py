@@ -4,23 +4,49 @@ CLI. No HTTP here: errors are the planner's exceptions (user errors) and the sto
 from __future__ import annotations
 
 import contextlib
+import json
 import threading
 from collections import OrderedDict
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy.orm import Session
 
 from ppplan.api.store import repo
 from ppplan.api.store.models import PlanRow
+from ppplan.core.model_source import ModelSource
 from ppplan.core.profile import Profile, ProfileError
 from ppplan.partitioner.plan import Plan
 from ppplan.partitioner.request import PlanRequest
-from ppplan.partitioner.search import PlanningError
-from ppplan.profiler.configs import list_presets, preset_info
+from ppplan.partitioner.search import PlanningError, plan_model
+from ppplan.profiler.configs import ModelConfig, list_presets, load_model_config, preset_name
 from ppplan.profiler.profile_file import load_profile
-from ppplan.profiler.resolve import plan_request
+from ppplan.profiler.resolve import plan_request, resolve_inputs
 
-__all__ = ["check_http_request", "plan_and_store", "store_cli_plan"]
+__all__ = ["PATH_SOURCE", "check_http_request", "plan_and_store", "public_plan_body", "store_cli_plan"]
+
+PATH_SOURCE = "path:"
+"""Prefix of the ``model_source`` (and stored ``model``) of a plan made over HTTP from a config file: the
+config's content hash follows, never the server path."""
+
+
+def public_plan_body(body: Mapping[str, Any]) -> dict[str, Any]:
+    """A stored Plan JSON as an HTTP answer may show it: without a filesystem path.
+
+    A plan the CLI stored from a config file keeps the file's path in ``model_source`` (``ppplan run``
+    loads the model from it) and in its exports' commands; in an answer every occurrence of that path,
+    and the request's ``model``, become ``path:<config hash>``, as for a plan made over HTTP.
+    """
+    source = str(body.get("model_source", ""))
+    if not source or source.startswith(("preset:", PATH_SOURCE)) or "model" not in body:
+        return dict(body)
+    ident = f"{PATH_SOURCE}{body['model']['config_hash']}"
+    # replaced in the JSON text, so the path goes wherever it was copied (commands, notes), escaped alike
+    out: dict[str, Any] = json.loads(json.dumps(body).replace(json.dumps(source)[1:-1], ident))
+    if isinstance(out.get("request"), dict):
+        out["request"]["model"] = ident
+    return out
 
 
 def check_http_request(req: PlanRequest, *, max_gpus: int, allow_model_paths: bool) -> None:
@@ -29,7 +55,7 @@ def check_http_request(req: PlanRequest, *, max_gpus: int, allow_model_paths: bo
     Raises:
         PlanningError: naming the field, the value and the rule.
     """
-    if not allow_model_paths and preset_info(req.model.strip().lower()) is None:
+    if not allow_model_paths and preset_name(req.model) is None:
         raise PlanningError(
             "model",
             rule=f"{req.model!r} is not a bundled preset; over HTTP the model must be one "
@@ -69,7 +95,8 @@ def plan_and_store(session: Session, req: PlanRequest) -> tuple[PlanRow, bool]:
         ProfileError: ``profile`` is not a stored profile id.
         PlanningError, InfeasibleError, ModelConfigError: from the planner.
     """
-    h = repo.request_hash(req, req.profile)
+    ident, cfg = _http_identity(req)
+    h = repo.request_hash(ident, req.profile)
     hit = repo.get_plan_by_hash(session, h)
     if hit is not None:  # the hash covers the profile id, so the profile exists
         return hit, False
@@ -83,8 +110,34 @@ def plan_and_store(session: Session, req: PlanRequest) -> tuple[PlanRow, bool]:
                 "/v1/profiles first and pass its id (files are not read over HTTP)",
             )
     session.rollback()  # end the read snapshot before the long solve
-    plan = plan_request(req, profile)
-    return repo.save_plan(session, req, plan, h, req.profile)
+    plan = plan_request(req, profile) if cfg is None else _plan_config_file(req, ident, cfg, profile)
+    return repo.save_plan(session, ident, plan, h, req.profile)
+
+
+def _http_identity(req: PlanRequest) -> tuple[PlanRequest, ModelConfig | None]:
+    """``req`` as it is hashed, stored and answered, and the config file it names (None for a preset).
+
+    A config file (allowed over HTTP only with ``allow_model_paths``) is named by its content,
+    ``path:<config hash>``, in the stored request and the plan's ``model_source``: answers never show a
+    server path, and one config under two paths is one plan.
+
+    Raises:
+        ModelConfigError: the model is neither a preset nor a readable config.
+    """
+    if preset_name(req.model) is not None:  # presets resolve before any path, as in the loader
+        return req, None
+    cfg = load_model_config(req.model)
+    if cfg.source.startswith("preset:"):  # the loader's word on what is a preset is final
+        return req, None
+    return req.model_copy(update={"model": f"{PATH_SOURCE}{cfg.config_hash}"}), cfg
+
+
+def _plan_config_file(req: PlanRequest, ident: PlanRequest, cfg: ModelConfig, profile: Profile | None) -> Plan:
+    """Plan a config-file request under its content identity ``ident`` (see :func:`_http_identity`)."""
+    prof, _ = resolve_inputs(req, profile)  # reads the file again: it must still be the config hashed
+    if prof.model.config_hash != cfg.config_hash:
+        raise PlanningError("model", rule="the config file changed while the request was planned; send it again")
+    return plan_model(ident, prof, ModelSource(source=ident.model))
 
 
 def store_cli_plan(session: Session, req: PlanRequest, plan: Plan, profile: Profile | None = None) -> PlanRow:

@@ -10,8 +10,11 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import NoSuchModuleError
 from sqlalchemy.orm import Session, sessionmaker
 
+from ppplan.api.redact import redact
+from ppplan.api.store.faults import StoreNotReadyError
 from ppplan.core.errors import PpplanError
 
 __all__ = ["dispose_engine", "dispose_engines", "get_engine", "make_engine", "session_scope"]
@@ -41,20 +44,36 @@ def make_engine(url: str) -> Engine:
 
     Raises:
         PpplanError: ``url`` is not a SQLAlchemy URL.
+        StoreNotReadyError: the URL's dialect or driver is not installed.
     """
     try:
         u = make_url(url)
-    except Exception as exc:  # sqlalchemy.exc.ArgumentError
-        raise PpplanError("database_url", rule=f"{url!r} is not a SQLAlchemy URL ({exc})") from None
+    except Exception as exc:  # sqlalchemy.exc.ArgumentError, or ValueError for a bad port
+        shown = redact(url)  # the URL did not parse, so only a text-level redaction can hide its password
+        raise PpplanError(
+            "database_url", shown, rule=f"{shown!r} is not a SQLAlchemy URL ({redact(str(exc))})"
+        ) from None
     kwargs: dict[str, Any] = {}
     if u.get_backend_name() == "sqlite":
         if u.database and u.database != ":memory:":
-            Path(u.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            path = u.database
+            if u.query.get("uri") in ("true", "1") and path.startswith("file:"):  # sqlite:///file:PATH?mode=ro&uri=true
+                path = path.removeprefix("file:")
+            if u.query.get("mode") not in ("ro", "memory"):  # a read-only store is never created
+                Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
             kwargs.update(pool_size=POOL_SIZE, max_overflow=POOL_OVERFLOW)
         kwargs["connect_args"] = {"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_S}
     else:
         kwargs.update(pool_pre_ping=True, pool_size=POOL_SIZE, max_overflow=POOL_OVERFLOW)
-    engine = create_engine(u, **kwargs)
+    try:
+        engine = create_engine(u, **kwargs)
+    except (ImportError, NoSuchModuleError) as exc:  # the dialect or its driver is not installed
+        raise StoreNotReadyError(
+            "database_url",
+            u.drivername,
+            rule=f"no SQLAlchemy dialect or driver for {u.drivername!r} is installed ({exc}); "
+            "for PostgreSQL use postgresql+psycopg://… and install ppplan's postgres extra",
+        ) from None
     if u.get_backend_name() == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
     return engine
