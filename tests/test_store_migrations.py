@@ -23,7 +23,7 @@ from ppplan.api.store.models import Base
 from ppplan.api.store_lookup import database_url
 from ppplan.partitioner.request import PlanRequest
 
-TABLES = {"profiles", "plan_requests", "plans", "measurements"}
+TABLES = {"profiles", "plan_requests", "plans", "measurements", "plan_jobs"}
 
 
 def _tables(url: str) -> set[str]:
@@ -122,8 +122,8 @@ def test_a_given_empty_database_is_a_user_error_and_stays_empty(
 
 
 def test_a_store_behind_the_head_is_a_user_error(db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(migrate, "HEAD_REVISION", "0002")  # as if a newer ppplan added a migration
-    with pytest.raises(StoreNotReadyError, match=r"at schema revision 0001, behind 0002; run `ppplan db upgrade`"):
+    monkeypatch.setattr(migrate, "HEAD_REVISION", "0003")  # as if a newer ppplan added a migration
+    with pytest.raises(StoreNotReadyError, match=r"at schema revision 0002, behind 0003; run `ppplan db upgrade`"):
         migrate.require_head(db_url)
     with get_engine(db_url).begin() as c:
         c.execute(text("UPDATE alembic_version SET version_num = 'ffff'"))
@@ -143,13 +143,13 @@ def test_store_errors_hide_the_password() -> None:
 
 
 def test_service_answers_503_until_upgraded(empty_db_url: str) -> None:
-    with TestClient(create_app(Settings(database_url=empty_db_url))) as client:
+    with TestClient(create_app(Settings(database_url=empty_db_url)), base_url="http://127.0.0.1") as client:
         r = client.get("/v1/plans")
         assert r.status_code == 503
         item = r.json()["detail"][0]
         assert item["field"] == "database_url" and "ppplan db upgrade" in item["message"]
-        assert client.get("/healthz").status_code == 503
+        assert client.get("/readyz").status_code == 503
         assert migrate.current(empty_db_url) is None  # the service migrated nothing
         migrate.upgrade(empty_db_url)  # the operator runs `ppplan db upgrade`: no restart needed
         assert client.get("/v1/plans").status_code == 200
-        assert client.get("/healthz").status_code == 200
+        assert client.get("/readyz").status_code == 200

@@ -8,6 +8,9 @@ checks the schema with :func:`require_head` and tells the user to upgrade.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
@@ -16,11 +19,10 @@ from alembic.config import Config
 from alembic.script import ScriptDirectory
 from alembic.util.exc import CommandError
 from sqlalchemy import inspect, text
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import OperationalError
 
+from ppplan.api.redact import redact
 from ppplan.api.store.engine import get_engine
-from ppplan.core.errors import PpplanError
+from ppplan.api.store.faults import StoreNotReadyError, first_line, is_store_fault
 
 __all__ = [
     "HEAD_REVISION",
@@ -30,12 +32,15 @@ __all__ = [
     "downgrade",
     "ensure_schema",
     "head",
+    "probe_store",
     "redact",
     "require_head",
+    "store_errors",
+    "store_fault",
     "upgrade",
 ]
 
-HEAD_REVISION = "0001"
+HEAD_REVISION = "0002"
 """The newest migration; a test keeps it equal to the scripts' head (a quick check without Alembic)."""
 
 
@@ -62,18 +67,32 @@ def _with_connection(url: str, fn: object, *args: str) -> None:
 
 
 def upgrade(url: str, revision: str = "head") -> None:
-    """Bring the database at ``url`` to ``revision`` (default the head)."""
-    _with_connection(url, command.upgrade, revision)
+    """Bring the database at ``url`` to ``revision`` (default the head).
+
+    Raises:
+        StoreNotReadyError: the store cannot be reached, refuses the login or is read-only.
+    """
+    with store_errors(url):
+        _with_connection(url, command.upgrade, revision)
 
 
 def downgrade(url: str, revision: str) -> None:
-    """Take the database at ``url`` back to ``revision`` (``base`` drops every table)."""
-    _with_connection(url, command.downgrade, revision)
+    """Take the database at ``url`` back to ``revision`` (``base`` drops every table).
+
+    Raises:
+        StoreNotReadyError: the store cannot be reached, refuses the login or is read-only.
+    """
+    with store_errors(url):
+        _with_connection(url, command.downgrade, revision)
 
 
 def current(url: str) -> str | None:
-    """The revision the database is at, or None for an empty (never migrated) database."""
-    with get_engine(url).connect() as conn:
+    """The revision the database is at, or None for an empty (never migrated) database.
+
+    Raises:
+        StoreNotReadyError: the store cannot be reached or refuses the login.
+    """
+    with store_errors(url), get_engine(url).connect() as conn:
         if not inspect(conn).has_table("alembic_version"):
             return None
         row = conn.execute(text("SELECT version_num FROM alembic_version")).first()
@@ -92,19 +111,6 @@ def ensure_schema(url: str) -> None:
             raise
 
 
-class StoreNotReadyError(PpplanError):
-    """The store cannot be used as it is: empty, behind this ppplan's schema, or unreachable (CLI exit
-    2, HTTP 503). ``field`` is ``database_url``; the message names the URL without its password."""
-
-
-def redact(url: str) -> str:
-    """``url`` with its password hidden (for messages and logs)."""
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # not a URL at all: make_engine reports that
-        return url
-
-
 def _known(revision: str) -> bool:
     try:
         return ScriptDirectory.from_config(alembic_config("sqlite://")).get_revision(revision) is not None
@@ -119,12 +125,7 @@ def require_head(url: str) -> None:
         StoreNotReadyError: the database is empty, at an older (or unknown) revision, or unreachable.
     """
     shown = redact(url)
-    try:
-        rev = current(url)
-    except OperationalError as exc:
-        raise StoreNotReadyError(
-            "database_url", shown, rule=f"cannot open the store {shown} ({str(exc.orig).strip().splitlines()[0]})"
-        ) from None
+    rev = current(url)
     if rev == HEAD_REVISION:
         return
     if rev is None:
@@ -137,3 +138,58 @@ def require_head(url: str) -> None:
             "know; use the newer ppplan that wrote it"
         )
     raise StoreNotReadyError("database_url", shown, rule=rule)
+
+
+def store_fault(exc: BaseException, url: str) -> StoreNotReadyError | None:
+    """``exc`` as the one-line store error naming ``url`` without its password, or None when ``exc``
+    is not the store's fault (see :func:`~ppplan.api.store.faults.is_store_fault`)."""
+    if isinstance(exc, StoreNotReadyError):
+        return exc
+    if not is_store_fault(exc):
+        return None
+    shown = redact(url)
+    return StoreNotReadyError("database_url", shown, rule=f"cannot use the store {shown} ({redact(first_line(exc))})")
+
+
+@contextmanager
+def store_errors(url: str) -> Iterator[None]:
+    """Turn a store fault raised inside into :class:`StoreNotReadyError`; anything else passes.
+
+    Raises:
+        StoreNotReadyError: the store at ``url`` failed (connection, login, read-only, driver).
+    """
+    try:
+        yield
+    except Exception as exc:
+        fault = store_fault(exc, url)
+        if fault is None or fault is exc:
+            raise
+        raise fault from None
+
+
+@dataclass(frozen=True, slots=True)
+class StoreProbe:
+    """What :func:`probe_store` found: the dialect and the schema revision of a usable store."""
+
+    dialect: str
+    revision: str
+
+
+def probe_store(url: str) -> StoreProbe:
+    """Check that the store at ``url`` can be read and written and is at the schema head.
+
+    The write is an ``UPDATE`` of ``alembic_version`` to its own value, rolled back: it takes the
+    same locks and permissions as any write (a read-only file or server refuses it) and changes
+    nothing.
+
+    Raises:
+        StoreNotReadyError: the store is unreachable, refuses the login, is read-only or not at head.
+    """
+    require_head(url)
+    with store_errors(url), get_engine(url).connect() as conn:
+        revision = conn.execute(text("SELECT version_num FROM alembic_version")).scalar_one()
+        try:
+            conn.execute(text("UPDATE alembic_version SET version_num = version_num"))
+        finally:
+            conn.rollback()
+        return StoreProbe(dialect=conn.dialect.name, revision=str(revision))

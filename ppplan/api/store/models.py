@@ -21,7 +21,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-__all__ = ["Base", "MeasurementRow", "PlanRequestRow", "PlanRow", "ProfileRow", "utcnow"]
+__all__ = ["JOB_ACTIVE", "Base", "JobRow", "MeasurementRow", "PlanRequestRow", "PlanRow", "ProfileRow", "utcnow"]
 
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -126,3 +126,32 @@ class MeasurementRow(Base):
     tokens: Mapped[int] = mapped_column(BigInteger)
     micro_batch_size: Mapped[int] = mapped_column(Integer)
     created: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+JOB_ACTIVE = ("queued", "running")
+"""Job statuses that count against the queue bound (``PPPLAN_MAX_QUEUED_JOBS``)."""
+
+
+class JobRow(Base):
+    """An asynchronous planning job: the request, where it stands and how it ended.
+
+    Any server process on the store reads it, so a job submitted to one replica is polled on
+    another. On PostgreSQL the job runs through the procrastinate queue (``queue_job_id`` is its id
+    there); on SQLite in the server's thread pool.
+    """
+
+    __tablename__ = "plan_jobs"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    status: Mapped[str] = mapped_column(String(16), index=True, doc="queued, running, done or failed")
+    request: Mapped[dict[str, Any]] = mapped_column(JSON, doc="the PlanRequest as JSON")
+    created: Mapped[dt.datetime] = mapped_column(default=utcnow, index=True)
+    started: Mapped[dt.datetime | None] = mapped_column(doc="the last attempt's start")
+    finished: Mapped[dt.datetime | None] = mapped_column()
+    attempts: Mapped[int] = mapped_column(Integer, default=0, doc="runs started (more than 1: a worker died)")
+    runner: Mapped[str | None] = mapped_column(String(128), doc="host:pid of the process running the last attempt")
+    queue_job_id: Mapped[int | None] = mapped_column(BigInteger, doc="procrastinate's job id (PostgreSQL)")
+    plan_id: Mapped[str | None] = mapped_column(String(32), doc="set when done (no foreign key: plans outlive jobs)")
+    cached: Mapped[bool | None] = mapped_column(Boolean)
+    http_status: Mapped[int | None] = mapped_column(Integer, doc="the status a synchronous request would have had")
+    error: Mapped[dict[str, Any] | None] = mapped_column(JSON, doc="the error body when failed")

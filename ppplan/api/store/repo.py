@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 from ppplan.api.store.conflict import Conflict
 from ppplan.api.store.models import MeasurementRow, PlanRequestRow, PlanRow, ProfileRow, utcnow
 from ppplan.core.errors import PpplanError
-from ppplan.core.profile import Profile
+from ppplan.core.profile import Profile, profile_from_data
 from ppplan.partitioner.plan import Plan
 from ppplan.partitioner.request import PlanRequest
 from ppplan.profiler.analytic import COST_MODEL_VERSION
@@ -62,9 +62,14 @@ def _canonical(obj: object) -> str:
 
 
 def get_profile(session: Session, profile_id: str) -> Profile | None:
-    """The stored profile ``profile_id``, or None."""
+    """The stored profile ``profile_id``, or None.
+
+    Raises:
+        ProfileError: the stored body is no valid profile (a NaN stored by an older version).
+    """
     row = session.get(ProfileRow, profile_id)
-    return None if row is None else Profile.model_validate(row.body)
+    # checked like a file: a row stored by an older ppplan (or by hand) fails naming its field
+    return None if row is None else profile_from_data(row.body, f"stored profile {profile_id}")
 
 
 def get_profile_row(session: Session, profile_id: str) -> ProfileRow | None:
