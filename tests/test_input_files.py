@@ -50,3 +50,22 @@ def test_refuses_binary(tmp_path: Path) -> None:
     f.write_bytes(b"\xff\xfe\x00")
     with pytest.raises(PpplanError, match="not UTF-8"):
         read_input_text(f, "config")
+
+
+def test_profile_and_config_readers_use_the_cap(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ppplan.core.profile import ProfileError
+    from ppplan.profiler.configs import ModelConfigError, load_model_config
+    from ppplan.profiler.profile_file import load_profile
+
+    src = Path(__file__).resolve().parent.parent / "ppplan" / "profiler" / "presets" / "tiny-llama.json"
+    cfg = tmp_path / "config.json"
+    cfg.write_text(src.read_text())
+    assert load_model_config(str(cfg)).raw["model_type"] == "llama"
+    monkeypatch.setenv(MAX_INPUT_ENV, "100")
+    with pytest.raises(ModelConfigError, match=f"above the 100-byte limit \\({MAX_INPUT_ENV}\\)"):
+        load_model_config(str(cfg))
+    with pytest.raises(ModelConfigError, match="above the 100-byte limit"):
+        load_model_config(str(tmp_path))  # a folder: its config.json
+    with pytest.raises(ProfileError, match="above the 100-byte limit"):
+        load_profile(cfg)
+    assert load_model_config("tiny-llama").name == "tiny-llama"  # package data is not a user file

@@ -150,3 +150,58 @@ def test_nonsense_configs_are_refused(tmp_path: Path, change: dict, message: str
     (tmp_path / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(ModelConfigError, match="^model: .*" + message):
         load_model_config(str(tmp_path))
+
+
+def _shadowing_folder(root: Path, name: str) -> None:
+    """``root/name/config.json``: a config that differs from the preset ``name`` (2 layers)."""
+    src = Path(__file__).resolve().parent.parent / "ppplan" / "profiler" / "presets" / "tiny-llama.json"
+    d = root / name
+    d.mkdir(parents=True)
+    (d / "config.json").write_text(json.dumps({**json.loads(src.read_text()), "num_hidden_layers": 2}))
+
+
+def test_presets_resolve_before_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _shadowing_folder(tmp_path, "llama-3.1-8b")
+    _shadowing_folder(tmp_path, "my-model")
+    monkeypatch.chdir(tmp_path)
+    cfg = load_model_config("llama-3.1-8b")
+    assert cfg.source == "preset:llama-3.1-8b" and cfg.raw["num_hidden_layers"] == 32
+    assert load_model_config("./llama-3.1-8b").raw["num_hidden_layers"] == 2  # explicitly a path
+    assert load_model_config("my-model/config.json").raw["num_hidden_layers"] == 2
+    with pytest.raises(ModelConfigError, match=r"write it as a path \(\./my-model\)"):
+        load_model_config("my-model")  # a bare word never reads the disk
+
+
+def test_presets_resolve_before_paths_over_http(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from fastapi.testclient import TestClient
+
+    from ppplan.api.app import create_app
+    from ppplan.api.settings import Settings
+    from ppplan.api.store.migrate import upgrade
+
+    _shadowing_folder(tmp_path, "tiny-llama")
+    monkeypatch.chdir(tmp_path)
+    url = f"sqlite:///{tmp_path / 'shadow.db'}"
+    upgrade(url)
+    with TestClient(create_app(Settings(database_url=url)), base_url="http://127.0.0.1") as c:
+        r = c.post("/v1/plans", json={"model": "tiny-llama", "gpus": "1xL4", "prompt_tokens": 128, "output_tokens": 64})
+    assert r.status_code == 201, r.text
+    plan = r.json()["plan"]
+    assert plan["model"]["num_layers"] == 4 and str(tmp_path) not in json.dumps(plan)
+
+
+@pytest.mark.parametrize(
+    "name", ["meta-llama/Llama-3.1-70B", "META-LLAMA/llama-3.1-70b", " Llama-3.1-70B ", "ＬＬＡＭＡ-3.1-70B"]
+)
+def test_hub_id_and_spellings_name_the_preset(name: str) -> None:
+    cfg = load_model_config(name)
+    assert cfg.name == "llama-3.1-70b" and cfg.source == "preset:llama-3.1-70b"
+
+
+@pytest.mark.parametrize(
+    ("value", "suggestion"),
+    [("llama-3.1-8", "llama-3.1-8b"), ("lama-3.1-70b", "llama-3.1-70b"), ("kimi-k3", "kimi-k2")],
+)
+def test_near_miss_names_get_a_suggestion(value: str, suggestion: str) -> None:
+    with pytest.raises(ModelConfigError, match=f"did you mean '{suggestion}'"):
+        load_model_config(value)

@@ -6,9 +6,10 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from ppplan.api.store.repo import MeasurementCreate
+from ppplan.core.text import check_strings
 
 
 def as_utc(t: dt.datetime) -> dt.datetime:
@@ -115,8 +116,18 @@ class MeasurementsCreate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    run_id: str | None = Field(None, max_length=64, description="default for rows that name none")
+    run_id: str | None = Field(
+        None, max_length=64, description="default for rows that name none (no control characters)"
+    )
     rows: list[MeasurementCreate] = Field(min_length=1, max_length=100_000)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _plain_text(cls, data: Any) -> Any:
+        # a NUL byte in a run id cannot be stored in PostgreSQL: refused here, on every store alike
+        if isinstance(data, dict):
+            check_strings(data, "")
+        return data
 
 
 class MeasurementPublic(BaseModel):

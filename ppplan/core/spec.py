@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ppplan.core.profile import ModelIdentity
+from ppplan.core.profile import MAX_EXPERTS, MAX_HEADS, MAX_PARAMS, ModelIdentity
 
 UnitKind = Literal["embed", "decoder", "head"]
 AttentionKind = Literal["full", "sliding", "mla", "none"]
@@ -26,11 +26,13 @@ class UnitSpec(BaseModel):
     layer: int | None = Field(None, description="decoder layer index 0..L-1, None for embed/head")
     modules: list[str] = Field(description="module names in the transformers model")
     signature: str = Field(description="class and parameter shapes; equal signatures are identical units")
-    params: int = Field(description="parameters held by this unit (tied LM head counts 0 here)")
-    active_params: int = Field(description="parameters used per token (MoE: shared + top-k experts)")
-    expert_params: int = Field(0, description="routed-expert parameters (all experts)")
-    num_experts: int = Field(0, description="routed experts (0 for a dense unit)")
-    experts_per_token: int = Field(0, description="routed experts each token uses (top-k)")
+    params: int = Field(ge=0, le=MAX_PARAMS, description="parameters held by this unit (tied LM head counts 0 here)")
+    active_params: int = Field(
+        ge=0, le=MAX_PARAMS, description="parameters used per token (MoE: shared + top-k experts)"
+    )
+    expert_params: int = Field(0, ge=0, le=MAX_PARAMS, description="routed-expert parameters (all experts)")
+    num_experts: int = Field(0, ge=0, le=MAX_EXPERTS, description="routed experts (0 for a dense unit)")
+    experts_per_token: int = Field(0, ge=0, le=MAX_EXPERTS, description="routed experts each token uses (top-k)")
     weight_bytes: dict[str, int] = Field(description="bytes of all weights per weight dtype, scales included")
     expert_weight_bytes: dict[str, int] = Field(default_factory=dict, description="routed experts' bytes")
     replicated_bytes: int = Field(0, description="bytes of 1-D parameters (norms, biases), copied per TP rank")
@@ -39,8 +41,8 @@ class UnitSpec(BaseModel):
     )
     attention: AttentionKind = "none"
     window: int | None = Field(None, description="sliding window in tokens (KV capped at it)")
-    num_heads: int = 0
-    num_kv_heads: int = 0
+    num_heads: int = Field(0, ge=0, le=MAX_HEADS, description="attention heads (0 for a unit without attention)")
+    num_kv_heads: int = Field(0, ge=0, le=MAX_HEADS, description="KV heads (0 for a unit without attention)")
     kv_elems_per_token: int = Field(0, description="KV-cache elements per token as vLLM/SGLang store them")
     kv_elems_per_token_hf: int = Field(0, description="KV-cache elements per token in transformers' cache")
     kv_tp_shardable: bool = Field(True, description="False for MLA: the latent cache is replicated per TP rank")

@@ -1,31 +1,54 @@
-"""What a user asks for: model, GPUs, workload, objective. The same fields as ``ppplan plan``'s options."""
+"""What a user asks for: model, GPUs, workload, objective. The same fields as ``ppplan plan``'s options.
+
+Text fields are normalised as they are validated, so that spellings of one request hash to one id:
+the model name is NFKC-normalised, stripped and case-folded (unless it is a path, see
+:func:`is_model_path`), the GPUs are written ``COUNTxNAME`` with the catalog's name
+(``"８×h100"`` → ``"8xH100-SXM-80GB"``).
+"""
 
 from __future__ import annotations
 
 import re
+import unicodedata
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from ppplan.core.errors import PpplanError
+from ppplan.core.errors import PpplanError, shorten
 from ppplan.core.gpus import GPUSpec, get_gpu
+from ppplan.core.text import check_text, normalize_name
 
-__all__ = ["MAX_GPUS", "Objective", "PlanRequest", "parse_gpus"]
+__all__ = ["MAX_GPUS", "Objective", "PlanRequest", "is_model_path", "parse_gpus"]
 
 Objective = Literal["throughput", "latency", "min-gpus"]
-_GPUS_RE = re.compile(r"^\s*(\d+)\s*[xX×*]\s*([A-Za-z0-9_.\- ]+?)\s*$")
+# after NFKC: full-width digits and letters are ASCII, "×" stays a multiplication sign
+_GPUS_RE = re.compile(r"^(\d+)\s*[xX×*]\s*([A-Za-z0-9_.\- ]+?)$")
+_ASCII_COUNT = re.compile(r"[0-9]+", re.ASCII)
+MAX_TEXT = 4096
+"""Longest model path or profile name accepted, characters (Linux's PATH_MAX)."""
+MAX_GPUS_TEXT = 64
+"""Longest ``gpus`` value accepted, characters."""
 
 
 def parse_gpus(text: str) -> tuple[int, GPUSpec]:
-    """Parse ``"8xH100"`` into (count, GPU spec).
+    """Parse ``"8xH100"`` into (count, GPU spec); the text is NFKC-normalised first.
+
+    The count must be written in ASCII digits (full-width digits become ASCII under NFKC; digits
+    of other scripts, such as Arabic-Indic ``"٨"``, are refused rather than read as numbers).
 
     Raises:
-        ValueError: a malformed string, a count < 1 or an unknown GPU kind, naming the rule.
+        PpplanError: a malformed string, a count outside 1..MAX_GPUS or an unknown GPU kind.
     """
-    m = _GPUS_RE.match(text or "")
+    norm = check_text(unicodedata.normalize("NFKC", text or "").strip(), "gpus")
+    m = _GPUS_RE.match(norm)
     if not m:
-        raise PpplanError("gpus", rule=f"{text!r} must look like COUNTxKIND, e.g. 8xH100")
-    count = int(m.group(1))
+        raise PpplanError("gpus", rule=f"{shorten(text)} must look like COUNTxKIND, e.g. 8xH100")
+    digits = m.group(1)
+    if not _ASCII_COUNT.fullmatch(digits):
+        raise PpplanError("gpus", rule=f"the count {digits!r} must be written in ASCII digits 0-9")
+    if len(digits) > 6:  # int() of a very long digit string is slow; any such count is out of range
+        raise PpplanError("gpus", rule=f"{len(digits)}-digit count exceeds the {MAX_GPUS} one plan may cover")
+    count = int(digits)
     if count < 1:
         raise PpplanError("gpus", rule=f"count must be at least 1, got {count}")
     if count > MAX_GPUS:
@@ -35,8 +58,31 @@ def parse_gpus(text: str) -> tuple[int, GPUSpec]:
     return count, get_gpu(m.group(2))
 
 
+def is_model_path(model: str) -> bool:
+    """Whether ``model`` names a config file or folder rather than a preset.
+
+    A path is explicit: it contains ``/``, starts with ``.`` or ``~``, or ends with ``.json``
+    (``./my-model``, ``/data/llama/config.json``, ``~/cfg``, ``model.json``). Anything else is a
+    name: a bundled preset, compared case-insensitively. A preset's hub id
+    (``meta-llama/Llama-3.1-70B``) contains a ``/`` but resolves to the preset first when loaded
+    (see :func:`ppplan.profiler.configs.load_model_config`).
+    """
+    m = model.strip()
+    return "/" in m or "\\" in m or m.startswith((".", "~")) or m.lower().endswith(".json")
+
+
+def _normalize_model(value: str) -> str:
+    """A path stripped (its bytes name a file), a name NFKC-normalised and case-folded."""
+    stripped = check_text(value.strip(), "model")
+    if not stripped:
+        raise PpplanError("model", rule="must be a preset name or a path to a config.json, got an empty string")
+    return stripped if is_model_path(stripped) else normalize_name(stripped, "model")
+
+
 #: GPUs one request may plan for; the exact search enumerates every TP × PP × replica split
 MAX_GPUS = 4096
+MAX_SLO_MS = 86_400_000.0
+"""Largest latency SLO accepted, ms (one day: any larger bound is no bound)."""
 
 
 class PlanRequest(BaseModel):
@@ -44,8 +90,15 @@ class PlanRequest(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
-    model: str = Field(description="bundled preset name or path to a Hugging Face config.json")
-    gpus: str = Field(description="COUNTxKIND, e.g. 8xH100")
+    model: str = Field(
+        max_length=MAX_TEXT,
+        description="bundled preset name (case-insensitive) or path to a Hugging Face config.json; a path "
+        "contains '/', starts with '.' or '~', or ends with '.json'",
+    )
+    gpus: str = Field(
+        max_length=MAX_GPUS_TEXT,
+        description="COUNTxKIND, e.g. 8xH100 (stored as COUNTxNAME with the catalog's GPU name)",
+    )
     nodes: int | None = Field(
         None, ge=1, le=MAX_GPUS, strict=True, description="nodes the GPUs are spread over (default: as few as fit)"
     )
@@ -62,8 +115,12 @@ class PlanRequest(BaseModel):
         description="KV tokens to reserve per sequence (default prompt + output)",
     )
     objective: Objective = "throughput"
-    max_tpot_ms: float | None = Field(None, gt=0, description="SLO: time per output token, ms")
-    max_ttft_ms: float | None = Field(None, gt=0, description="SLO: time to first token, ms")
+    max_tpot_ms: float | None = Field(
+        None, gt=0, le=MAX_SLO_MS, description="SLO: time per output token, ms (at most a day)"
+    )
+    max_ttft_ms: float | None = Field(
+        None, gt=0, le=MAX_SLO_MS, description="SLO: time to first token, ms (at most a day)"
+    )
     tp: int | None = Field(None, ge=1, le=MAX_GPUS, strict=True, description="pin the tensor-parallel degree")
     pp: int | None = Field(None, ge=1, le=MAX_GPUS, strict=True, description="pin the pipeline-parallel degree")
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="share of HBM the engine may use")
@@ -71,18 +128,31 @@ class PlanRequest(BaseModel):
     prefill_chunk_tokens: int = Field(
         8192, ge=1, le=10_000_000, strict=True, description="tokens per prefill chunk (workspace sizing)"
     )
-    profile: str | None = Field(None, description="a profile file or stored profile id (default: analytic)")
+    profile: str | None = Field(
+        None, max_length=MAX_TEXT, description="a profile file or stored profile id (default: analytic)"
+    )
     solver: Literal["dp", "cpsat"] = Field(
         "dp",
         description="solver of the chosen configuration's cut: dp "
         "(exact) or cpsat (OR-Tools, hinted with the DP cut, gap reported)",
     )
 
+    @field_validator("model")
+    @classmethod
+    def _check_model(cls, v: str) -> str:
+        return _normalize_model(v)
+
     @field_validator("gpus")
     @classmethod
     def _check_gpus(cls, v: str) -> str:
-        parse_gpus(v)
-        return v
+        count, gpu = parse_gpus(v)
+        return f"{count}x{gpu.name}"
+
+    @field_validator("profile")
+    @classmethod
+    def _check_profile(cls, v: str | None) -> str | None:
+        # a file path or a stored id: stripped, never case-folded (its bytes name a file)
+        return None if v is None else check_text(v.strip(), "profile")
 
     @field_validator("weight_dtype", "kv_dtype", mode="before")
     @classmethod

@@ -6,8 +6,10 @@ No torch here: loading and hashing a config is plain JSON. Building the model is
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
+import unicodedata
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -15,7 +17,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from ppplan.core.errors import PpplanError
+from ppplan.core.errors import PpplanError, shorten
+from ppplan.core.text import bad_char
+from ppplan.partitioner.request import is_model_path
+from ppplan.profiler.files import read_input_text
 
 __all__ = [
     "ModelConfig",
@@ -24,6 +29,8 @@ __all__ = [
     "check_config",
     "list_presets",
     "load_model_config",
+    "preset_info",
+    "preset_name",
 ]
 
 
@@ -169,42 +176,90 @@ def _check_relations(cfg: dict[str, Any], source: str) -> None:
         raise _bad(cfg, source, "first_k_dense_replace", f"must be an integer in 0..num_hidden_layers ({layers})")
 
 
+def preset_name(model: str) -> str | None:
+    """The bundled preset ``model`` names, or None.
+
+    A preset is named by its name or by its ``hf_repo`` (``meta-llama/Llama-3.1-70B``), compared
+    after NFKC normalisation, stripping and case-folding.
+    """
+    if bad_char(model) is not None:
+        return None
+    key = unicodedata.normalize("NFKC", model).strip().casefold()
+    return _preset_keys().get(key)
+
+
+@cache
+def _preset_keys() -> dict[str, str]:
+    """Case-folded preset name or hub id -> preset name."""
+    keys = {p.name.casefold(): p.name for p in list_presets()}
+    for p in list_presets():
+        if p.hf_repo:
+            keys.setdefault(p.hf_repo.casefold(), p.name)
+    return keys
+
+
+def _unknown(model: str) -> ModelConfigError:
+    """Unknown preset name: the near misses (difflib), and the path spelling when a local file matches."""
+    key = unicodedata.normalize("NFKC", model).strip().casefold()
+    names = sorted(set(_preset_keys().values()))
+    close = difflib.get_close_matches(key, list(_preset_keys()), n=1, cutoff=0.6)
+    hint = f"did you mean {_preset_keys()[close[0]]!r}? " if close else ""
+    if Path(model.strip()).exists():
+        hint += f"to use the local config, write it as a path (./{model.strip()}); "
+    return ModelConfigError(
+        "model",
+        model,
+        rule=f"{shorten(model)} is neither a bundled preset nor an existing config file; {hint}presets: "
+        f"{', '.join(names)} (a config file is named by a path: it contains '/', starts with '.' or '~', "
+        "or ends with '.json')",
+    )
+
+
 def load_model_config(model: str) -> ModelConfig:
-    """Load a bundled preset by name (case-insensitive) or a local ``config.json`` (file or folder).
+    """Load a bundled preset or a local ``config.json`` (file or folder).
+
+    Presets resolve first, by name or hub id, case-insensitively (:func:`preset_name`). Anything
+    else must be explicitly a path (:func:`ppplan.partitioner.request.is_model_path`): a bare word
+    never reads the disk, so a folder ``./llama-3.1-8b`` in the working directory cannot stand in
+    for the preset, and a name that is no preset is an error with the nearest preset names. The
+    file is read through :func:`~ppplan.profiler.files.read_input_text` (size cap first).
 
     Raises:
-        ModelConfigError: unknown preset, unreadable file, invalid JSON or no ``model_type``.
+        ModelConfigError: unknown preset, unreadable or oversized file, invalid JSON or no ``model_type``.
     """
     if not model or not model.strip():
         raise ModelConfigError("model", rule="must be a preset name or a path to a config.json, got an empty string")
-    path = Path(model).expanduser()
-    if path.is_dir():
-        path = path / "config.json"
-    if path.is_file():
-        try:
-            raw = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ModelConfigError(
-                "model", str(path), rule=f"{str(path)!r} is not a readable JSON config ({exc})"
-            ) from None
+    preset = preset_name(model)
+    if preset is not None:
+        raw = json.loads((_presets_dir() / f"{preset}.json").read_text())  # package data, not user input
+        name, source = preset, f"preset:{preset}"
+    elif is_model_path(model):
+        raw, path = _read_config(model.strip())
         name = path.parent.name if path.name == "config.json" else path.stem
         source = str(path.resolve())
     else:
-        key = model.strip().lower()
-        preset = _presets_dir() / f"{key}.json"
-        if key == "index" or not preset.is_file():
-            known = ", ".join(p.name for p in list_presets())
-            raise ModelConfigError(
-                "model",
-                model,
-                rule=f"{model!r} is neither a bundled preset nor an existing config file; presets: {known}",
-            )
-        raw = json.loads(preset.read_text())
-        name, source = key, f"preset:{key}"
+        raise _unknown(model)
     if not isinstance(raw, dict) or not isinstance(raw.get("model_type"), str):
         raise ModelConfigError("model", rule=f"config {source!r} has no string 'model_type' field")
     check_config(raw, source)
     return ModelConfig(name=name, raw=raw, config_hash=config_hash(raw), source=source)
+
+
+def _read_config(model: str) -> tuple[Any, Path]:
+    """The parsed JSON of the config file (or ``folder/config.json``) ``model`` names, and its path."""
+    path = Path(model).expanduser()
+    if path.is_dir():
+        path = path / "config.json"
+    try:
+        text = read_input_text(path, "model")
+    except PpplanError as exc:
+        raise ModelConfigError(exc.field, exc.value, exc.rule) from None
+    try:
+        return json.loads(text), path
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, over-long integers, deep nesting
+        raise ModelConfigError(
+            "model", str(path), rule=f"{str(path)!r} is not a readable JSON config ({type(exc).__name__}: {exc})"
+        ) from None
 
 
 def preset_info(name: str) -> PresetInfo | None:

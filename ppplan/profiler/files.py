@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ppplan.core.errors import PpplanError
 
-__all__ = ["MAX_INPUT_BYTES", "MAX_INPUT_ENV", "max_input_bytes", "read_input_text"]
+__all__ = ["MAX_INPUT_BYTES", "MAX_INPUT_ENV", "byte_limit_from_env", "max_input_bytes", "read_input_text"]
 
 MAX_INPUT_BYTES = 64 * 1024**2
 """Default cap on one input file, bytes (64 MiB: the largest shipped profile is ~0.2 MiB)."""
@@ -27,15 +27,24 @@ def max_input_bytes() -> int:
     Raises:
         PpplanError: the variable is set to something other than a positive integer.
     """
-    raw = os.environ.get(MAX_INPUT_ENV)
+    return byte_limit_from_env(MAX_INPUT_ENV, MAX_INPUT_BYTES)
+
+
+def byte_limit_from_env(name: str, default: int) -> int:
+    """A size limit in bytes from environment variable ``name``, or ``default`` when it is unset.
+
+    Raises:
+        PpplanError: the variable is set to something other than a positive integer.
+    """
+    raw = os.environ.get(name)
     if raw is None or not raw.strip():
-        return MAX_INPUT_BYTES
+        return default
     try:
         value = int(raw)
     except ValueError:
         value = 0
     if value < 1:
-        raise PpplanError(MAX_INPUT_ENV, raw, rule="must be a positive number of bytes")
+        raise PpplanError(name, raw, rule="must be a positive number of bytes")
     return value
 
 

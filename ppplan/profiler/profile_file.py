@@ -4,20 +4,22 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ppplan.core.errors import PpplanError
 from ppplan.core.profile import Profile, ProfileError, parse_profile
+from ppplan.profiler.files import read_input_text
 
 __all__ = ["load_profile"]
 
 
 def load_profile(path: str | Path) -> Profile:
-    """Read a profile file.
+    """Read a profile file through :func:`~ppplan.profiler.files.read_input_text` (size cap first).
 
     Raises:
-        ProfileError: missing file, invalid JSON, wrong schema version or invalid fields.
+        ProfileError: missing, not a regular file, above the size cap, invalid JSON, wrong schema
+            version or invalid fields.
     """
-    p = Path(path)
     try:
-        text = p.read_text()
-    except OSError as exc:
-        raise ProfileError("profile", str(p), rule=f"cannot read {str(p)!r} ({exc.strerror})") from None
-    return parse_profile(text, str(p))
+        text = read_input_text(path, "profile")
+    except PpplanError as exc:
+        raise ProfileError(exc.field, exc.value, exc.rule) from None
+    return parse_profile(text, str(path))

@@ -9,6 +9,7 @@ from sqlalchemy import func, select
 
 from ppplan.api.deps import SessionDep
 from ppplan.api.http_errors import not_found
+from ppplan.api.limits import TOO_LARGE, ModelQuery, ProfileIdPath
 from ppplan.api.schemas import ErrorBody, ProfilePublic
 from ppplan.api.store import repo
 from ppplan.api.store.models import ProfileRow
@@ -36,7 +37,12 @@ def _public(row: ProfileRow, *, cached: bool = False, body: bool = True) -> Prof
     "",
     status_code=201,
     response_model=ProfilePublic,
-    responses={**_ERR, 200: {"model": ProfilePublic, "description": "already stored"}, 409: {"model": ErrorBody}},
+    responses={
+        **_ERR,
+        **TOO_LARGE,
+        200: {"model": ProfilePublic, "description": "already stored"},
+        409: {"model": ErrorBody},
+    },
 )
 def create_profile(profile: Profile, session: SessionDep, response: Response) -> ProfilePublic:
     """Store a profile; its id is its content hash (200 if it was stored already, 409 if that id holds
@@ -50,7 +56,7 @@ def create_profile(profile: Profile, session: SessionDep, response: Response) ->
 @router.get("", response_model=list[ProfilePublic], responses=_ERR)
 def list_profiles(
     session: SessionDep,
-    model: str | None = Query(None, max_length=200),
+    model: ModelQuery = None,
     limit: int = Query(100, ge=1, le=1000),
     offset: int = Query(0, ge=0, le=2**31 - 1),
 ) -> list[ProfilePublic]:
@@ -63,7 +69,7 @@ def list_profiles(
 
 
 @router.get("/{profile_id}", response_model=ProfilePublic, responses={404: {"model": ErrorBody}, **_ERR})
-def get_profile(profile_id: str, session: SessionDep) -> ProfilePublic:
+def get_profile(profile_id: ProfileIdPath, session: SessionDep) -> ProfilePublic:
     """One stored profile with its JSON."""
     row = repo.get_profile_row(session, profile_id)
     if row is None:
