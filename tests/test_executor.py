@@ -119,7 +119,9 @@ def test_workload_comes_from_the_plan_or_a_check_workload() -> None:
     wl, why = resolve_workload(gpu_plan, "cpu", new_tokens=3)
     assert wl.prompt_tokens == CHECK_WORKLOAD["prompt_tokens"] and wl.new_tokens == 3
     assert wl.micro_batches == gpu_plan["degrees"]["micro_batches"] and "H100" in why
-    with pytest.raises(ExecutorError, match="new_tokens: must be a positive integer, got 0"):
+    with pytest.raises(
+        ExecutorError, match=r"new_tokens: must be an integer in 1\.\.32,768 \(a bounded run\) \(got 0\)"
+    ):
         Workload(prompt_tokens=4, new_tokens=0, micro_batches=1, micro_batch_size=1)
     with pytest.raises(ExecutorError, match="device: 'tpu'"):
         RunSpec(plan_path="x", device="tpu")  # type: ignore[arg-type]
@@ -273,3 +275,35 @@ def test_compare_low_precision_tolerance_scales_with_the_logits() -> None:
     small = _outputs([[0]], [[[0.5, 0.1, 0.0]]])
     assert compare(_outputs([[0]], [[[0.5 - 0.049, 0.1, 0.0]]]), small, "bfloat16").passed  # the 5e-2 floor
     assert not compare(near, ref, "float32").passed  # float32 stays absolute
+
+
+def test_a_failed_run_names_the_root_cause_rank_first(tmp_path: Path) -> None:
+    """The launcher SIGTERMs the survivors once a rank dies: the SIGKILLed rank is the cause and comes
+    first, whatever the rank numbers; then ranks that waited on it; SIGTERMed ranks last."""
+    from types import SimpleNamespace
+
+    from ppplan.executor.launch import _describe_failure
+
+    spec = SimpleNamespace(tp=1)
+    exc = SimpleNamespace(
+        failures={
+            0: SimpleNamespace(exitcode=-15, timestamp=1_000_002),
+            1: SimpleNamespace(exitcode=-9, timestamp=1_000_001),
+            2: SimpleNamespace(exitcode=-15, timestamp=1_000_001),
+        }
+    )
+    msg = _describe_failure(exc, 3, 0, spec, tmp_path)  # type: ignore[arg-type]
+    parts = msg.split("; ")
+    assert parts[0] == "rank 1 (stage 1) failed: killed by SIGKILL", msg
+    assert parts[1].startswith("rank 2 (stage 2) failed: killed by SIGTERM")
+    assert parts[2].startswith("rank 0 (stage 0) failed: killed by SIGTERM")
+    # a rank that failed on its own (error exit) precedes one that was only terminated, earlier or not
+    exc = SimpleNamespace(
+        failures={0: SimpleNamespace(exitcode=-15, timestamp=5), 3: SimpleNamespace(exitcode=1, timestamp=9)}
+    )
+    assert _describe_failure(exc, 4, 0, spec, tmp_path).startswith("rank 3 (stage 3) failed: exit status 1")  # type: ignore[arg-type]
+
+
+def test_run_workload_is_bounded() -> None:
+    with pytest.raises(ExecutorError, match=r"new_tokens: must be an integer in 1\.\.32,768"):
+        Workload(prompt_tokens=4, new_tokens=1_000_000_000, micro_batches=1, micro_batch_size=1)

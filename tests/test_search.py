@@ -228,4 +228,30 @@ def test_validate_plan_costs_the_stages_with_the_cut_evaluator() -> None:
     assert any(p.startswith("stages[1].memory: total") and "over the limit" in p for p in problems)
     assert any(p.startswith("schedule.cycle_ms") for p in problems)
     data["stages"][0]["times"]["busy_ms"] = -1.0
-    assert any(p.startswith("stages: time[0]: must be a finite number ≥ 0") for p in validate_plan(data))
+    assert validate_plan(data) == ["stages[0].times.busy_ms: -1.0 must be a finite number ≥ 0"]
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"model": "tiny-llama", "gpus": "1xL4", "concurrency": 1_000_000},  # the issue's 500 / traceback
+        {"model": "tiny-llama", "gpus": "8xL4", "concurrency": 1_000_000, "pp": 2},
+        {"model": "tiny-llama", "gpus": "1xL4", "concurrency": 1_000_000, "tp": 1, "pp": 1},
+        {"model": "llama-3.1-8b", "gpus": "1xL4", "concurrency": 1_000_000},
+    ],
+)
+def test_an_infeasible_request_is_an_infeasible_error_naming_what_does_not_fit(kw: dict) -> None:
+    """A preset with no published checkpoint dtype made the explanation itself raise IndexError."""
+    with pytest.raises(InfeasibleError) as info:
+        plan_request(PlanRequest(**kw))
+    msg = str(info.value)
+    assert msg.startswith("gpus: does not fit:") and "KV cache" in msg and "1000000 sequences" in msg
+    assert "unit " not in msg  # planning units are named as the embedding, decoder layers, the LM head
+    assert "decoder layer" in msg or "the embedding" in msg or "the LM head" in msg
+
+
+def test_infeasible_stage_names_decoder_layers_not_units() -> None:
+    """Units are 0 = embedding, 1..L = decoder layers 0..L-1: the old message was off by one."""
+    with pytest.raises(InfeasibleError) as info:
+        plan_request(PlanRequest(model="llama-3.1-405b", gpus="4xL4"))
+    assert "stage 0 (the embedding to decoder layer " in str(info.value)

@@ -9,7 +9,9 @@ receives the results. ``max_restarts`` is 0: inference is not elastic, a failed 
 from __future__ import annotations
 
 import logging
+import math
 import re
+import signal
 import socket
 import sys
 import uuid
@@ -94,19 +96,41 @@ def launch(spec: RunSpec, spec_path: Path, world_size: int, opts: LaunchOptions,
         raise RankFailedError(_describe_failure(exc, nproc, opts.node_rank, spec, log_dir)) from None
 
 
+def _exit_text(code: object) -> str:
+    """``exit status 3``, or ``killed by SIGKILL`` for a negative (signal) exit code."""
+    if isinstance(code, int) and code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit status {code}"
+
+
+def _cause_rank(code: object, detail: str) -> int:
+    """How likely a failed rank is the root cause, 0 (most) to 2: a rank that failed on its own (an
+    error, an exit status, a signal such as SIGKILL from the OOM killer); a rank that only waited on
+    a failed peer; a rank SIGTERMed by the launcher, which stops the survivors once one rank fails."""
+    if code == -signal.SIGTERM:
+        return 2
+    return 1 if "died or hangs" in detail else 0
+
+
 def _describe_failure(exc: object, nproc: int, node_rank: int, spec: RunSpec, log_dir: Path) -> str:
+    """One message for a failed run: the root cause first (see :func:`_cause_rank`; then the
+    earliest failure, then the lowest rank), each rank with its stage and its own error line."""
     failures = getattr(exc, "failures", {}) or {}
-    ranked: list[tuple[bool, str]] = []  # (only waited on a failed neighbour, line)
+    ranked: list[tuple[int, float, int, str]] = []
     tp = max(1, spec.tp)
-    for grank, f in sorted(failures.items()):
+    for grank, f in failures.items():
         code = getattr(f, "exitcode", None)
-        stage = grank // tp
-        detail = _error_line(log_dir, grank - node_rank * nproc) or f"exit status {code}"
-        ranked.append((("died or hangs" in detail), f"rank {grank} (stage {stage}) failed: {detail}"))
-    # the rank that failed first (not its neighbours left waiting on it) comes first
-    lines = [text for _, text in sorted(ranked, key=lambda x: x[0])]
+        stamp = getattr(f, "timestamp", None)
+        when = float(stamp) if isinstance(stamp, int | float) and math.isfinite(stamp) and stamp > 0 else math.inf
+        detail = _error_line(log_dir, grank - node_rank * nproc) or _exit_text(code)
+        line = f"rank {grank} (stage {grank // tp}) failed: {detail}"
+        ranked.append((_cause_rank(code, detail), when, grank, line))
+    lines = [r[3] for r in sorted(ranked)]
     if not lines:
-        lines.append(str(exc).strip().splitlines()[0])
+        lines.append(next(iter(str(exc).strip().splitlines()), "a rank failed"))
     return "; ".join(lines) + f" (rank logs in {log_dir})"
 
 

@@ -15,6 +15,7 @@ from ppplan.core.errors import PpplanError
 __all__ = [
     "CHECK_WORKLOAD",
     "DTYPES",
+    "MAX_WORKLOAD",
     "Device",
     "ExecutorError",
     "RankFailedError",
@@ -25,6 +26,10 @@ __all__ = [
 ]
 
 DTYPES = ("float32", "bfloat16", "float16")
+
+#: the largest workload one run may push through the pipeline (the plan's own, or the options'):
+#: the executor keeps every sequence's KV cache and outputs in memory and runs to the end
+MAX_WORKLOAD = {"prompt_tokens": 131_072, "new_tokens": 32_768, "micro_batches": 1_024, "micro_batch_size": 4_096}
 
 
 class ExecutorError(PpplanError):
@@ -49,10 +54,10 @@ class Workload:
     """sequences per micro-batch (the plan's b)"""
 
     def __post_init__(self) -> None:
-        for name in ("prompt_tokens", "new_tokens", "micro_batches", "micro_batch_size"):
+        for name, most in MAX_WORKLOAD.items():
             v = getattr(self, name)
-            if not isinstance(v, int) or v < 1:
-                raise ExecutorError(name, rule=f"must be a positive integer, got {v!r}")
+            if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= most:
+                raise ExecutorError(name, v, rule=f"must be an integer in 1..{most:,} (a bounded run)")
 
 
 #: the batch a correctness check runs when a plan made for another device kind runs on CPU ranks:

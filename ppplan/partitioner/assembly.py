@@ -29,7 +29,7 @@ from ppplan.partitioner.plan import (
     StageTimes,
     WorkloadInfo,
 )
-from ppplan.partitioner.problem import evaluate_cut, stage_bounds
+from ppplan.partitioner.problem import Shortfall, evaluate_cut, stage_bounds
 from ppplan.partitioner.space import GIB, InfeasibleError, Layout
 
 __all__ = ["SolverReport", "build_plan", "explain_infeasible", "stage_detail"]
@@ -322,13 +322,15 @@ def explain_infeasible(costs: Costs, source: ModelSource, infeasible: list[Evalu
     )
     if infeasible:
         biggest = max(infeasible, key=lambda e: (e.layout.tp * e.layout.pp, e.layout.tp, -e.layout.sequences)).layout
-        reason = solve_partition(costs.problem(biggest)).reason
-        msg += f"; the largest configuration tried (TP {biggest.tp} × PP {biggest.pp}) fails: {reason}"
-        if reason and "units" in reason:
-            msg = msg.replace("units", "decoder layers (0-based)")
+        sol = solve_partition(costs.problem(biggest))
+        msg += f"; the largest configuration tried (TP {biggest.tp} × PP {biggest.pp}) fails: " + _shortfall_text(
+            sol.shortfall, sol.reason, st.layers
+        )
     hints = []
-    if profile.weight_dtype in ("bf16", "fp16"):
-        published = (source.published_checkpoint_dtype or " ").split()[0]
+    # quantising only helps when the weights are a real share of what does not fit
+    if profile.weight_dtype in ("bf16", "fp16") and total_w > 0.1 * have:
+        # an unknown dtype (a config file, a preset without one) is None or blank: no hint then
+        published = next(iter((source.published_checkpoint_dtype or "").split()), "")
         ckpt = f" (the published checkpoint is {published})" if published and published != "bf16" else ""
         hints.append(f"quantised weights need less: --weight-dtype fp8 or int4{ckpt}")
     if req.concurrency > 1 and kv > 0.25 * have:
@@ -336,3 +338,24 @@ def explain_infeasible(costs: Costs, source: ModelSource, infeasible: list[Evalu
     if hints:
         msg += "; " + "; ".join(hints)
     return InfeasibleError("gpus", rule="does not fit: " + msg, needed_bytes=total_w + kv, available_bytes=have)
+
+
+def _unit_name(unit: int, layers: int) -> str:
+    """A planning unit in the user's terms: unit 0 is the embedding, units 1..L the decoder layers
+    0..L-1, unit L+1 the final norm and LM head."""
+    if unit == 0:
+        return "the embedding"
+    if unit == layers + 1:
+        return "the LM head"
+    return f"decoder layer {unit - 1}"
+
+
+def _shortfall_text(miss: Shortfall | None, reason: str | None, layers: int) -> str:
+    """The DP's infeasibility in decoder layers (0-based) instead of planning units."""
+    if miss is None:
+        return reason or "no cut fits in memory"
+    need, limit = f"{miss.needed_bytes / GIB:.1f} GiB", f"limit {miss.limit_bytes / GIB:.1f} GiB"
+    if miss.stage is None:
+        return f"{_unit_name(miss.first_unit, layers)} alone needs {need}, {limit}"
+    span = f"{_unit_name(miss.first_unit, layers)} to {_unit_name(miss.last_unit, layers)}"
+    return f"stage {miss.stage} ({span}) needs {need}, {limit}, in the cut that overshoots its limits least"

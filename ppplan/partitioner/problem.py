@@ -17,6 +17,8 @@ from typing import Literal
 from ppplan.core.errors import PpplanError
 
 __all__ = [
+    "MAX_UNITS",
+    "MAX_WORK",
     "MEMORY_REL_TOL",
     "CutEvaluation",
     "PartitionProblem",
@@ -26,6 +28,12 @@ __all__ = [
     "evaluate_cut",
     "stage_bounds",
 ]
+
+MAX_UNITS = 2048
+"""most units one instance may have: the exact DP holds several (units + 1)² float matrices
+(2,048 units: about 200 MB; 10^5 units would need 75 GiB)"""
+MAX_WORK = 2**28
+"""most stages × units² one instance may ask for: the DP's time grows with it (2^28: a few seconds)"""
 
 MEMORY_REL_TOL = 1e-9
 """relative slack on a stage memory limit: a stage within it fits (float noise is not a miss)"""
@@ -97,6 +105,18 @@ def _check_counts(pr: PartitionProblem) -> None:
         raise PpplanError("stages", value=pr.stages, rule="must be a positive integer")
     if pr.stages > n:
         raise PpplanError("stages", rule=f"{pr.stages} stages need at least {pr.stages} units, got {n}")
+    if n > MAX_UNITS:
+        raise PpplanError(
+            "time",
+            rule=f"{n:,} units exceed the maximum of {MAX_UNITS:,} (the exact solver's memory grows with "
+            "units²); merge adjacent units",
+        )
+    if pr.stages * n * n > MAX_WORK:
+        raise PpplanError(
+            "stages",
+            rule=f"{pr.stages} stages × {n:,}² units = {pr.stages * n * n:,} exceeds the maximum of {MAX_WORK:,} "
+            "(the exact solver's time grows with stages × units²); use fewer stages or merge adjacent units",
+        )
 
 
 def _check_unit_vector(name: str, vec: tuple[float, ...] | None, n: int) -> None:

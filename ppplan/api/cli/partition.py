@@ -3,21 +3,24 @@
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 
-from ppplan.api.cli.common import console, fail, user_errors
+from ppplan.api.cli.common import console, fail, positive_finite, user_errors
 from ppplan.partitioner.dp import solve_partition
-from ppplan.partitioner.problem import PartitionProblem, PartitionSolution, stage_bounds
+from ppplan.partitioner.problem import MAX_UNITS, PartitionProblem, PartitionSolution, stage_bounds
+from ppplan.profiler.files import read_input_text
 
 __all__ = ["commands"]
 
 commands = typer.Typer()
 
 SOLVERS = ("dp", "cpsat")
+MAX_TIME_LIMIT_S = 3600.0
+"""longest CP-SAT search the command allows, seconds"""
 
 
 def _floats(field: str, text: str | None) -> tuple[float, ...] | None:
@@ -32,12 +35,11 @@ def _floats(field: str, text: str | None) -> tuple[float, ...] | None:
 
 def _load_costs(costs: Path) -> dict[str, Any]:
     """The costs file as a dict with a 'time' list and an optional 'memory' list, all numbers."""
-    if not costs.is_file():
-        fail(f"costs: {str(costs)!r} is not a readable file")
+    text = read_input_text(costs, "costs")
     try:
-        data = json.loads(costs.read_text())
-    except json.JSONDecodeError as exc:
-        fail(f"costs: {str(costs)!r} is not valid JSON ({exc})")
+        data = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        fail(escape(f"costs: {str(costs)!r} is not valid JSON ({str(exc)[:200]})"))
     if not isinstance(data, dict) or not isinstance(data.get("time"), list):
         fail(f"costs: {str(costs)!r} must be an object with a 'time' list (and optionally 'memory')")
     for key in ("time", "memory"):
@@ -94,19 +96,25 @@ def _as_json(sol: PartitionSolution, stages: int) -> dict[str, Any]:
 @user_errors
 def partition(
     costs: Annotated[Path, typer.Option(help='JSON file {"time": [...], "memory": [...]} per unit')],
-    stages: Annotated[int, typer.Option(help="number of stages")],
-    memory_limit: Annotated[float | None, typer.Option(help="bytes a stage may hold")] = None,
+    stages: Annotated[int, typer.Option(help="number of stages", min=1, max=MAX_UNITS)],
+    memory_limit: Annotated[
+        float | None, typer.Option(help="bytes a stage may hold", callback=positive_finite("memory_limit"))
+    ] = None,
     solver: Annotated[str, typer.Option(help="dp (exact, default) or cpsat (OR-Tools, cross-check)")] = "dp",
     stage_speed: Annotated[str | None, typer.Option(help="time multiplier per stage, e.g. 1,1,2")] = None,
     stage_memory_limit: Annotated[str | None, typer.Option(help="bytes per stage, e.g. 80e9,80e9,40e9")] = None,
-    time_limit: Annotated[float, typer.Option(help="cpsat: search time limit, seconds")] = 10.0,
+    time_limit: Annotated[
+        float,
+        typer.Option(
+            help=f"cpsat: search time limit, seconds (at most {MAX_TIME_LIMIT_S:g})",
+            callback=positive_finite("time_limit", MAX_TIME_LIMIT_S),
+        ),
+    ] = 10.0,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
     """Exact contiguous partition of your own per-unit costs (min slowest stage under a memory limit)."""
     if solver not in SOLVERS:
         fail(f"solver: {solver!r} is not one of {', '.join(SOLVERS)}")
-    if not (math.isfinite(time_limit) and time_limit > 0):
-        fail(f"time_limit: must be a finite number of seconds > 0, got {time_limit!r}")
     data = _load_costs(costs)
     pr = PartitionProblem(
         time=tuple(float(x) for x in data["time"]),

@@ -8,13 +8,16 @@ from typing import Annotated, Any
 
 import typer
 from pydantic import ValidationError
+from rich.markup import escape
 from rich.table import Table
 
 from ppplan.api.cli.common import console, fail, load_profile_arg, user_errors, write_json
 from ppplan.partitioner.exports import ENGINE_FORMATS, render_export
 from ppplan.partitioner.plan import Plan
 from ppplan.partitioner.request import PlanRequest
-from ppplan.partitioner.validate import validate_plan
+from ppplan.partitioner.validate import REDERIVED, validate_plan
+from ppplan.profiler.configs import preset_name
+from ppplan.profiler.files import read_input_text
 from ppplan.profiler.resolve import plan_request
 
 __all__ = ["commands", "print_plan"]
@@ -57,7 +60,7 @@ def plan(
     if export is not None and export not in ENGINE_FORMATS:
         fail(f"export: {export!r} is not one of {', '.join(ENGINE_FORMATS)}")
     req = PlanRequest(
-        model=model,
+        model=preset_name(model) or model,  # a hub id and the preset's name are one request
         gpus=gpus,
         nodes=nodes,
         weight_dtype=weight_dtype,
@@ -207,23 +210,32 @@ def print_plan(d: dict[str, Any], plan_id: str | None = None) -> None:
 @commands.command()
 @user_errors
 def validate(plan_file: Annotated[Path, typer.Argument(help="a Plan JSON v1 file")]) -> None:
-    """Check a plan file's internal consistency (partition, stages, memory, schedule, exports)."""
+    """Re-derive and check a (hand-edited) plan file: partition, stage ranges, memory, schedule, exports.
+
+    Exit status 0 when consistent, 1 with one line per problem, 2 when the file is not a plan.
+    """
+    text = read_input_text(plan_file, "plan_file")
     try:
-        data = json.loads(plan_file.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        fail(f"plan_file: {str(plan_file)!r} is not a readable JSON file ({exc})")
+        data = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        fail(escape(f"plan_file: {str(plan_file)!r} is not valid JSON ({str(exc)[:200]})"))
         return
     try:
         Plan.model_validate(data)
     except ValidationError as exc:
         first = exc.errors()[0]
-        fail(
-            f"plan_file: {str(plan_file)!r} is not a Plan JSON v1 (field "
-            f"{'.'.join(str(x) for x in first['loc'])}: {first['msg']})"
-        )
+        loc = ".".join(str(x) for x in first["loc"]) or "(top level)"
+        fail(escape(f"plan_file: {str(plan_file)!r} is not a Plan JSON v1 (field {loc}: {first['msg']})"))
     problems = validate_plan(data)
     for p in problems:
-        console.print(f"problem: {p}", highlight=False)
+        console.print(f"problem: {p}", markup=False, highlight=False, soft_wrap=True)
     if problems:
         raise typer.Exit(1)
-    console.print(f"{plan_file}: consistent ({len(data['stages'])} stages, partition {data['partition']})")
+    console.print(
+        f"{plan_file}: consistent ({len(data['stages'])} stages, partition {data['partition']}); re-derived: "
+        f"{REDERIVED}; taken as given: each stage's decode, prefill and memory parts (sums over its layers; "
+        "other cuts need the profile)",
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
+    )

@@ -8,12 +8,15 @@ from typing import Annotated
 
 import typer
 
-from ppplan.api.cli.common import err_console, fail, user_errors, write_json
+from ppplan.api.cli.common import err_console, fail, positive_finite, user_errors, write_json
 from ppplan.profiler.analytic import analytic_profile, model_spec
 
 __all__ = ["commands"]
 
 commands = typer.Typer()
+
+MAX_BUDGET_S = 86_400.0
+"""longest measuring budget the command allows, seconds (a day)"""
 
 
 @commands.command()
@@ -25,7 +28,13 @@ def profile(
     weight_dtype: Annotated[str, typer.Option(help="bf16, fp16, fp8, int8 or int4")] = "bf16",
     kv_dtype: Annotated[str, typer.Option(help="bf16, fp16 or fp8")] = "bf16",
     out: Annotated[Path | None, typer.Option(help="write the profile JSON here (default: stdout)")] = None,
-    budget_seconds: Annotated[float | None, typer.Option(help="bound a measured run (coarser grid)")] = None,
+    budget_seconds: Annotated[
+        float | None,
+        typer.Option(
+            help=f"bound a measured run (coarser grid), seconds (at most {MAX_BUDGET_S:g})",
+            callback=positive_finite("budget_seconds", MAX_BUDGET_S),
+        ),
+    ] = None,
     gpu: Annotated[str | None, typer.Option(help="catalog GPU kind the measurement stands for")] = None,
     grid: Annotated[
         str | None, typer.Option(help="measured grid, e.g. 'prefill=128,1024;batch=1,64;context=512'")

@@ -13,17 +13,23 @@ import typer
 from pydantic import ValidationError
 from rich.markup import escape
 
-from ppplan.api.cli.common import console, err_console, fail, user_errors
+from ppplan.api.cli.common import console, err_console, fail, positive_finite, user_errors
 from ppplan.executor.launch import LaunchOptions
 from ppplan.executor.recut import parse_partition, recut
 from ppplan.executor.report import print_report
 from ppplan.executor.run import run_plan
-from ppplan.executor.spec import ExecutorError, RankFailedError
+from ppplan.executor.spec import MAX_WORKLOAD, ExecutorError, RankFailedError
 from ppplan.partitioner.plan import Plan
+from ppplan.profiler.files import read_input_text
 
 __all__ = ["commands", "load_plan_arg", "run"]
 
 commands = typer.Typer()
+
+MAX_TIMEOUT_S = 86_400.0
+"""longest wait of a rank on a peer the command allows, seconds (a day)"""
+MAX_NODES = 1_024
+"""most hosts one run may span"""
 
 
 def load_plan_arg(value: str) -> tuple[dict[str, Any], str | None]:
@@ -34,10 +40,11 @@ def load_plan_arg(value: str) -> tuple[dict[str, Any], str | None]:
     """
     path = Path(value)
     if path.is_file():
+        text = read_input_text(path, "plan")
         try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise ExecutorError("plan", rule=f"{value!r} is not valid JSON ({exc})") from None
+            data = json.loads(text)
+        except (json.JSONDecodeError, RecursionError) as exc:
+            raise ExecutorError("plan", rule=f"{value!r} is not valid JSON ({str(exc)[:200]})") from None
         _validate_plan(data, value)
         return data, None
     stored = _stored_plan(value)
@@ -86,17 +93,35 @@ def run(
     plan: Annotated[str, typer.Argument(help="a Plan JSON file or a stored plan id")],
     device: Annotated[str, typer.Option(help="cpu (gloo ranks) or cuda")] = "cpu",
     dtype: Annotated[str, typer.Option(help="float32, bfloat16 or float16")] = "float32",
-    seed: Annotated[int, typer.Option(help="seed of random weights and prompts")] = 0,
+    seed: Annotated[int, typer.Option(help="seed of random weights and prompts", min=0, max=2**32 - 1)] = 0,
     checkpoint: Annotated[
         Path | None, typer.Option(help="a .safetensors file or folder (default: seeded random weights)")
     ] = None,
-    prompt_tokens: Annotated[int | None, typer.Option(help="tokens per prompt (default: see docs)")] = None,
-    new_tokens: Annotated[int | None, typer.Option(help="tokens generated per sequence")] = None,
-    micro_batches: Annotated[int | None, typer.Option(help="micro-batches in flight (default: the plan's)")] = None,
-    micro_batch_size: Annotated[int | None, typer.Option(help="sequences per micro-batch")] = None,
-    timeout: Annotated[float, typer.Option(help="seconds a rank waits on a peer before failing")] = 60.0,
-    nnodes: Annotated[int, typer.Option(help="hosts taking part (run once per host)")] = 1,
-    node_rank: Annotated[int, typer.Option(help="this host's index (0 holds rank 0 and the results)")] = 0,
+    prompt_tokens: Annotated[
+        int | None,
+        typer.Option(help="tokens per prompt (default: see docs)", min=1, max=MAX_WORKLOAD["prompt_tokens"]),
+    ] = None,
+    new_tokens: Annotated[
+        int | None, typer.Option(help="tokens generated per sequence", min=1, max=MAX_WORKLOAD["new_tokens"])
+    ] = None,
+    micro_batches: Annotated[
+        int | None,
+        typer.Option(help="micro-batches in flight (default: the plan's)", min=1, max=MAX_WORKLOAD["micro_batches"]),
+    ] = None,
+    micro_batch_size: Annotated[
+        int | None, typer.Option(help="sequences per micro-batch", min=1, max=MAX_WORKLOAD["micro_batch_size"])
+    ] = None,
+    timeout: Annotated[
+        float,
+        typer.Option(
+            help=f"seconds a rank waits on a peer before failing (at most {MAX_TIMEOUT_S:g})",
+            callback=positive_finite("timeout", MAX_TIMEOUT_S),
+        ),
+    ] = 60.0,
+    nnodes: Annotated[int, typer.Option(help="hosts taking part (run once per host)", min=1, max=MAX_NODES)] = 1,
+    node_rank: Annotated[
+        int, typer.Option(help="this host's index (0 holds rank 0 and the results)", min=0, max=MAX_NODES - 1)
+    ] = 0,
     rdzv_endpoint: Annotated[str | None, typer.Option(help="node 0's HOST:PORT (needed with --nnodes > 1)")] = None,
     run_id: Annotated[str | None, typer.Option(help="a name shared by the hosts of one run")] = None,
     run_dir: Annotated[Path | None, typer.Option(help="keep rank logs, raw and reference outputs here")] = None,
@@ -120,12 +145,15 @@ def run(
     """Run PLAN's stage cut with one process per rank, check it against the unsplit model, measure it."""
     if device not in ("cpu", "cuda"):
         fail(f"device: {device!r} must be 'cpu' or 'cuda'")
+    if node_rank >= nnodes:
+        fail(f"node_rank: {node_rank} must be below --nnodes {nnodes} (hosts are numbered from 0)")
     data, plan_id = load_plan_arg(plan)
     if partition is not None:
         data = recut(data, parse_partition(partition))
         if plan_id is not None and store:
             err_console.print(f"note: --partition re-cuts plan {plan_id}; its measurements are not stored")
             store = False
+    _announce(plan, data, device, dtype, nnodes)
     opts = LaunchOptions(nnodes=nnodes, node_rank=node_rank, rdzv_endpoint=rdzv_endpoint, run_id=run_id)
     try:
         report = run_plan(
@@ -155,6 +183,19 @@ def run(
     if not passed:
         fail("correctness check failed: the pipelined run differs from the unsplit model (nothing stored)", code=1)
     _store_and_calibrate(report, plan_id if store else None, calibrate=calibrate)
+
+
+def _announce(plan: str, data: dict[str, Any], device: str, dtype: str, nnodes: int) -> None:
+    """One line on stderr before torch loads and the ranks start (that takes seconds): what runs where."""
+    deg = data["degrees"]
+    ranks = int(deg["tp"]) * int(deg["pp"])
+    hosts = f" over {nnodes} hosts" if nnodes > 1 else ""
+    err_console.print(
+        f"ppplan run: plan {plan} ({data['model']['name']}, TP {deg['tp']} × PP {deg['pp']}, partition "
+        f"{data['partition']}): starting {ranks} rank(s) on {device} ({dtype}){hosts}; loading torch …",
+        markup=False,
+        highlight=False,
+    )
 
 
 def _show_report(report: dict[str, Any], json_out: Path | None) -> None:

@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
-from ppplan.api.cli.common import console, fail, user_errors
+from ppplan.api.cli.common import console, err_console, fail, user_errors
 from ppplan.api.cli.plan import print_plan
+from ppplan.api.redact import redact
+from ppplan.api.security import serve_security
 from ppplan.api.settings import get_settings
 from ppplan.core.gpus import get_gpu
 from ppplan.partitioner.exports import EXPORT_FORMATS, render_export
@@ -148,19 +152,52 @@ def serve(
     port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port")] = 8000,
     workers: Annotated[int, typer.Option(min=1, max=64, help="uvicorn worker processes")] = 1,
     log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "info",
+    token_file: Annotated[
+        Path | None,
+        typer.Option(help="file holding the bearer token every /v1 request must carry (or PPPLAN_API_TOKEN)"),
+    ] = None,
+    allowed_hosts: Annotated[
+        str | None,
+        typer.Option(
+            help="Host names to answer, comma-separated (or PPPLAN_ALLOWED_HOSTS); default loopback and --host"
+        ),
+    ] = None,
+    insecure_no_auth: Annotated[
+        bool, typer.Option("--insecure-no-auth", help="listen on a non-loopback --host without a token")
+    ] = False,
 ) -> None:
     """Run the planning service (REST API under /v1, docs at /docs) on the configured store.
 
-    The default store is created on its first run; any other must be at the schema head already
-    (``ppplan db upgrade``), checked here before the workers start.
+    A non-loopback ``--host`` needs a token (``PPPLAN_API_TOKEN`` or ``--token-file``) unless
+    ``--insecure-no-auth`` is given. The default store is created on its first run; any other must be at the
+    schema head already (``ppplan db upgrade``), checked here before the workers start.
     """
     import uvicorn  # lazy: only the service needs it
 
-    from ppplan.api.store.migrate import redact  # lazy: the CLI starts without SQLAlchemy
-
+    settings = get_settings()
+    security = serve_security(
+        host,
+        env_token=settings.api_token.get_secret_value() if settings.api_token is not None else None,
+        env_allowed_hosts=settings.allowed_hosts,
+        token_file=token_file,
+        allowed_hosts=allowed_hosts,
+        insecure_no_auth=insecure_no_auth,
+    )
+    if security.warning is not None:
+        err_console.print(f"[bold yellow]warning:[/] {escape(security.warning)}", highlight=False, soft_wrap=True)
+    if workers > 1 and settings.database_url.split(":", 1)[0].split("+", 1)[0] not in ("postgresql", "postgres"):
+        # SQLite jobs run in the server process's threads and are resumed by it at start; with several
+        # processes a restarted one could not tell a dead sibling's job from a live one
+        fail(
+            f"workers: {workers} worker processes need a PostgreSQL store (PPPLAN_DATABASE_URL=postgresql+psycopg://…, "
+            "jobs then go through its queue); on SQLite one process runs the jobs: use --workers 1"
+        )
     url = _url()  # once here, so several workers do not race on creating the default store
     console.print(f"ppplan service on http://{host}:{port}/docs — store {redact(url)}", highlight=False)
-    uvicorn.run("ppplan.api.app:create_app", factory=True, host=host, port=port, workers=workers, log_level=log_level)
+    with security.environment():  # the workers build their settings (token, allowed hosts) from it
+        uvicorn.run(
+            "ppplan.api.app:create_app", factory=True, host=host, port=port, workers=workers, log_level=log_level
+        )
 
 
 @db_app.command("upgrade")
