@@ -29,6 +29,8 @@ postgresql+psycopg://ppplan:ppplan@127.0.0.1:5432/postgres (.ci/run sets it)."""
 def _isolated_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """PPPLAN_DATABASE_URL points at a temporary SQLite file for the whole session, at the schema head
     (the CLI migrates only the default store by itself)."""
+    for name in ("PPPLAN_API_TOKEN", "PPPLAN_ALLOWED_HOSTS"):  # a developer's shell must not turn tests into 401s
+        os.environ.pop(name, None)
     old = os.environ.get("PPPLAN_DATABASE_URL")
     url = f"sqlite:///{tmp_path_factory.mktemp('store') / 'session.db'}"
     upgrade(url)
@@ -119,5 +121,5 @@ def session(db_url: str) -> Iterator[Session]:
 @pytest.fixture
 def client(db_url: str) -> Iterator[TestClient]:
     """A TestClient on a service backed by ``db_url``."""
-    with TestClient(create_app(Settings(database_url=db_url))) as c:
+    with TestClient(create_app(Settings(database_url=db_url)), base_url="http://127.0.0.1") as c:
         yield c

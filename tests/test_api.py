@@ -42,7 +42,7 @@ def test_create_fetch_list_plan(client: TestClient) -> None:
     assert r.status_code == 201
     first = r.json()
     assert first["cached"] is False and first["plan"]["schema_version"] == 1
-    assert first["plan"]["request"]["gpus"] == "4xH100"
+    assert first["plan"]["request"]["gpus"] == "4xH100-SXM-80GB"  # normalised to the catalog name
     r2 = client.post("/v1/plans", json={**BODY, "prompt_tokens": 2048})  # a default spelled out: same request
     assert r2.status_code == 200 and r2.json()["id"] == first["id"] and r2.json()["cached"] is True
     got = client.get(f"/v1/plans/{first['id']}").json()
@@ -110,7 +110,7 @@ def test_errors_name_field_value_rule(client: TestClient) -> None:
     r = client.post("/v1/plans", json={**BODY, "gpus": "2000xH100"})
     assert r.status_code == 422 and "limit" in r.json()["detail"][0]["message"]
     r = client.post("/v1/plans", content=b"{not json", headers={"content-type": "application/json"})
-    assert r.status_code == 422
+    assert r.status_code == 400  # unparseable: malformed syntax, not a rule broken
     r = client.post("/v1/plans", json=[1, 2])
     assert r.status_code == 422
     for path in ("/v1/plans/abc", "/v1/profiles/abc", "/v1/jobs/abc", "/v1/plans/abc/measurements"):
@@ -228,3 +228,27 @@ def test_internal_error_is_500_with_a_request_id(
     assert logged and logged[0].exc_info is not None and "boom" in str(logged[0].exc_info[1])
     r = client.get("/v1/plans/abc")  # no id given: the server makes one
     assert r.status_code == 500 and r.json()["request_id"] == r.headers["X-Request-ID"] != ""
+
+
+def test_contract_400_405_and_documented_answers(client: TestClient) -> None:
+    r = client.post("/v1/plans", content=b"{not json", headers={"content-type": "application/json"})
+    assert r.status_code == 400 and r.json()["detail"][0]["field"] == "request"
+    r = client.delete("/v1/plans")
+    assert r.status_code == 405 and set(r.headers["allow"].split(", ")) == {"GET", "HEAD", "POST"}
+    spec = client.get("/openapi.json").json()
+    create = spec["paths"]["/v1/plans"]["post"]["responses"]
+    assert {"400", "401", "413", "422", "429", "503"} <= set(create)
+    assert create["201"]["links"]["GetPlan"] == {
+        "operationId": "get_plan",
+        "parameters": {"plan_id": "$response.body#/id"},
+        "description": "the plan just made",
+    }
+    assert {"ExportPlan", "DeletePlan", "ListMeasurements"} <= set(create["201"]["links"])
+    ops = {op["operationId"] for path in spec["paths"].values() for op in path.values()}
+    assert {"get_plan", "export_plan", "delete_plan", "list_measurements", "get_job"} <= ops
+    for path, methods in spec["paths"].items():
+        if path.startswith("/v1/"):
+            for op in methods.values():
+                assert {"401", "503"} <= set(op["responses"]), path
+                assert op["security"] == [{"bearer": []}, {}]
+    assert spec["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"

@@ -3,8 +3,8 @@ one wording (``api.errors``) for every error, so client input never becomes a 50
 
 User errors (:class:`PpplanError`, pydantic validation) are 422 built from the exception's own
 ``field``, ``value`` and message, never parsed from text; a store :class:`Conflict` is 409; a store
-that is not at the schema head is 503. Any other exception is a bug: 500 with a request id that the
-logged traceback carries too.
+that is not at the schema head, unreachable, refusing the login or read-only is 503. Any other
+exception is a bug: 500 with a request id that the logged traceback carries too.
 """
 
 from __future__ import annotations
@@ -14,17 +14,19 @@ import uuid
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ppplan.api.errors import describe_error, format_errors
+from ppplan.api.limits import echo, echo_message
 from ppplan.api.schemas import ErrorItem
 from ppplan.api.store.conflict import Conflict
-from ppplan.api.store.migrate import StoreNotReadyError
+from ppplan.api.store.migrate import StoreNotReadyError, store_fault
 from ppplan.core.errors import NOT_GIVEN, PpplanError
 
 __all__ = [
@@ -57,10 +59,7 @@ def not_found(what: str, field: str, value: str) -> ApiError:
 
 
 def _safe(value: Any) -> Any:
-    try:
-        return jsonable_encoder(value)
-    except Exception:  # any object a user error may carry: shown as its repr
-        return repr(value)
+    return echo(value)  # valid JSON, cut short: a 100 MB value is not echoed back whole
 
 
 def _given(value: Any) -> Any:
@@ -115,6 +114,8 @@ def error_items(exc: BaseException, request_body: dict[str, Any] | None = None) 
 
 
 def _json(status: int, items: list[ErrorItem], headers: dict[str, str] | None = None, **extra: Any) -> JSONResponse:
+    # every answer's text is cut short and made valid UTF-8, whichever route built the items
+    items = [i.model_copy(update={"message": echo_message(i.message), "value": echo(i.value)}) for i in items]
     content = {"detail": [i.model_dump(exclude_none=True) for i in items], **extra}
     return JSONResponse(status_code=status, content=content, headers=headers)
 
@@ -156,6 +157,22 @@ class InternalErrorMiddleware:
             await _json(500, [item], {REQUEST_ID_HEADER: rid}, request_id=rid)(scope, receive, send)
 
 
+def _allowed_methods(req: Request) -> list[str]:
+    """The methods the OpenAPI document lists for ``req``'s path (for a 405's ``Allow``).
+
+    Read from the document rather than the router: FastAPI keeps included routers as private
+    objects, and the document is what clients are promised anyway.
+    """
+    methods: set[str] = set()
+    for template, ops in req.app.openapi().get("paths", {}).items():
+        regex, _, _ = compile_path(template)
+        if regex.match(req.url.path):
+            methods |= {m.upper() for m in ops}
+    if "GET" in methods:
+        methods.add("HEAD")
+    return sorted(methods)
+
+
 def install_handlers(app: FastAPI) -> None:
     """Register the exception handlers and the internal-error middleware on ``app``."""
     app.add_middleware(InternalErrorMiddleware)
@@ -166,7 +183,10 @@ def install_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_req: Request, exc: RequestValidationError) -> JSONResponse:
-        return _json(422, validation_items(list(exc.errors())))
+        errors = list(exc.errors())
+        # a body that is not JSON at all is malformed syntax (400), not a value breaking a rule (422)
+        status = 400 if any(e.get("type") == "json_invalid" for e in errors) else 422
+        return _json(status, validation_items(errors))
 
     @app.exception_handler(ValidationError)
     async def _model_validation(_req: Request, exc: ValidationError) -> JSONResponse:
@@ -180,11 +200,24 @@ def install_handlers(app: FastAPI) -> None:
     async def _store_not_ready(_req: Request, exc: StoreNotReadyError) -> JSONResponse:
         return _json(503, error_items(exc))
 
+    @app.exception_handler(SQLAlchemyError)
+    async def _store_fault(req: Request, exc: SQLAlchemyError) -> JSONResponse:
+        # unreachable, refusing the login, read-only, locked: the store's fault, 503; others are bugs
+        fault = store_fault(exc, req.app.state.settings.database_url)
+        if fault is None:
+            raise exc
+        log.warning("store fault on %s %s: %s", req.method, req.url.path, fault.message)
+        return _json(503, error_items(fault))
+
     @app.exception_handler(PpplanError)
     async def _user(_req: Request, exc: PpplanError) -> JSONResponse:
         return _json(422, error_items(exc))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_req: Request, exc: StarletteHTTPException) -> JSONResponse:
-        # routing errors (404 unknown path, 405 method) in the same shape
-        return _json(exc.status_code, [ErrorItem(field="path", message=str(exc.detail))])
+        # routing errors (404 unknown path, 405 method) in the same shape; keep Starlette's headers
+        # (405 names the methods the path allows in ``Allow``)
+        headers = {k: v for k, v in (exc.headers or {}).items() if k.lower() != "allow"} or None
+        if exc.status_code == 405:  # Starlette names only the first route that matched the path
+            headers = {**(headers or {}), "Allow": ", ".join(_allowed_methods(_req))}
+        return _json(exc.status_code, [ErrorItem(field="path", message=str(exc.detail))], headers=headers)
