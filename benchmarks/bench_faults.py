@@ -61,8 +61,11 @@ def _body(i: int) -> dict[str, object]:
     return {"model": MODELS[i % 2], "gpus": f"{1 + i % 4}xH100", "prompt_tokens": prompt, "output_tokens": output}
 
 
-async def _fire(base: str, bodies: list[dict[str, object]], concurrency: int) -> list[str | None]:
-    """POST every body with ``concurrency`` clients; the acknowledged plan id per body (None if not)."""
+async def _fire(
+    base: str, bodies: list[dict[str, object]], concurrency: int, acked: list[str] | None = None
+) -> list[str | None]:
+    """POST every body with ``concurrency`` clients; the acknowledged plan id per body (None if not).
+    Each acknowledged id is also appended to ``acked`` as it arrives."""
     sem = asyncio.Semaphore(concurrency)
     async with httpx.AsyncClient(base_url=base, timeout=60) as client:
 
@@ -72,7 +75,12 @@ async def _fire(base: str, bodies: list[dict[str, object]], concurrency: int) ->
                     r = await client.post("/v1/plans", json=body)
                 except httpx.TransportError:
                     return None
-                return str(r.json()["id"]) if r.status_code in (200, 201) else None
+                if r.status_code not in (200, 201):
+                    return None
+                pid = str(r.json()["id"])
+                if acked is not None:
+                    acked.append(pid)
+                return pid
 
         return list(await asyncio.gather(*(one(b) for b in bodies)))
 
@@ -121,11 +129,13 @@ def load(url: str, store: str, requests: int, concurrency: int) -> Row:
 
 
 async def _fire_and_kill(
-    proc: subprocess.Popen[bytes], base: str, bodies: list[dict[str, object]], concurrency: int, after_s: float
+    proc: subprocess.Popen[bytes], base: str, bodies: list[dict[str, object]], concurrency: int, share: float
 ) -> list[str | None]:
-    """Fire ``bodies`` and SIGKILL the server ``after_s`` seconds in, while creations are in flight."""
-    task = asyncio.create_task(_fire(base, bodies, concurrency))
-    await asyncio.sleep(after_s)
+    """Fire ``bodies`` and SIGKILL the server once ``share`` of them are acknowledged: mid-flight."""
+    acked: list[str] = []
+    task = asyncio.create_task(_fire(base, bodies, concurrency, acked))
+    while len(acked) < share * len(bodies) and not task.done():
+        await asyncio.sleep(0.005)
     proc.send_signal(signal.SIGKILL)
     return await task
 
@@ -143,7 +153,9 @@ def kill9(url: str, store: str, rounds: int, per_round: int, concurrency: int) -
             bodies = [_body(10_000 + k * per_round + i) for i in range(per_round)]
             sent += len(bodies)
 
-            acked |= {a for a in asyncio.run(_fire_and_kill(proc, base, bodies, concurrency, 1.5 + 0.5 * k)) if a}
+            acked |= {
+                a for a in asyncio.run(_fire_and_kill(proc, base, bodies, concurrency, (k + 1) / (rounds + 1))) if a
+            }
         finally:
             proc.kill()
             proc.wait()
