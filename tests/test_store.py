@@ -7,6 +7,7 @@ import threading
 from functools import cache
 
 import pytest
+from fastapi.testclient import TestClient
 from pydantic import ValidationError
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -194,3 +195,15 @@ def test_default_store_is_a_sqlite_file_in_the_user_data_dir(monkeypatch: pytest
     assert Settings().database_url == f"sqlite:///{user_data_dir('ppplan')}/ppplan.db"
     monkeypatch.setenv("PPPLAN_DATABASE_URL", "postgresql+psycopg://u@h/db")
     assert Settings().database_url == "postgresql+psycopg://u@h/db"
+
+
+def test_extreme_dates_and_offsets_are_no_internal_errors(client: TestClient) -> None:
+    for when in ("0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-23:59"):
+        r = client.get("/v1/plans", params={"created_after": when})
+        assert r.status_code == 200, r.text
+    from typer.testing import CliRunner
+
+    from ppplan.api.cli import app
+
+    res = CliRunner().invoke(app, ["plans", "list", "--offset", str(2**63)])
+    assert res.exit_code == 2

@@ -43,7 +43,7 @@ def plans_list(
     objective: Annotated[str | None, typer.Option(help="throughput, latency or min-gpus")] = None,
     since: Annotated[dt.datetime | None, typer.Option(help="created at or after (ISO date/time, UTC)")] = None,
     limit: Annotated[int, typer.Option(min=1, max=10_000, help="rows to show")] = 50,
-    offset: Annotated[int, typer.Option(min=0, help="rows to skip")] = 0,
+    offset: Annotated[int, typer.Option(min=0, max=2**31 - 1, help="rows to skip")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
     """List stored plans, newest first."""

@@ -227,7 +227,12 @@ class PlanFilter:
 
 def _utc_naive(t: dt.datetime) -> dt.datetime:
     # SQLite keeps no zone: every stored time is UTC, compare in naive UTC there
-    return t.astimezone(dt.UTC).replace(tzinfo=None) if t.tzinfo else t
+    if not t.tzinfo:
+        return t
+    try:
+        return t.astimezone(dt.UTC).replace(tzinfo=None)
+    except OverflowError:  # 0001-01-01+14:00 lies before datetime.min in UTC: clamp, the filter still holds
+        return dt.datetime.min if t.year < 5000 else dt.datetime.max
 
 
 def list_plans(
