@@ -153,3 +153,13 @@ def test_service_answers_503_until_upgraded(empty_db_url: str) -> None:
         migrate.upgrade(empty_db_url)  # the operator runs `ppplan db upgrade`: no restart needed
         assert client.get("/v1/plans").status_code == 200
         assert client.get("/readyz").status_code == 200
+
+
+def test_unknown_revision_is_a_user_error(db_url: str) -> None:
+    from ppplan.core.errors import PpplanError
+
+    with pytest.raises(PpplanError, match="revision: Can't locate revision"):
+        migrate.upgrade(db_url, "x")
+    with pytest.raises(PpplanError, match="revision: must name a revision"):
+        migrate.downgrade(db_url, "")
+    assert migrate.current(db_url) == migrate.HEAD_REVISION

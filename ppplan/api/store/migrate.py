@@ -23,6 +23,7 @@ from sqlalchemy import inspect, text
 from ppplan.api.redact import redact
 from ppplan.api.store.engine import get_engine
 from ppplan.api.store.faults import StoreNotReadyError, first_line, is_store_fault
+from ppplan.core.errors import NOT_GIVEN, PpplanError
 
 __all__ = [
     "HEAD_REVISION",
@@ -60,10 +61,15 @@ def head() -> str:
 
 
 def _with_connection(url: str, fn: object, *args: str) -> None:
+    if not all(a.strip() for a in args):
+        raise PpplanError("revision", rule="must name a revision, e.g. head, base or 0001")
     cfg = alembic_config(url)
     with get_engine(url).begin() as conn:
         cfg.attributes["connection"] = conn
-        fn(cfg, *args)  # type: ignore[operator]
+        try:
+            fn(cfg, *args)  # type: ignore[operator]
+        except CommandError as exc:  # an unknown revision is the user's input, not a bug
+            raise PpplanError("revision", args[0] if args else NOT_GIVEN, rule=str(exc)) from None
 
 
 def upgrade(url: str, revision: str = "head") -> None:
