@@ -1,5 +1,5 @@
-"""Plan assembly: per-stage detail, the engines' default cuts as baselines, the Plan itself, and
-the explanation when nothing fits."""
+"""Plan assembly: per-stage and per-unit detail, the engines' default cuts as baselines, the
+candidates and the Pareto front, and the Plan itself."""
 
 from __future__ import annotations
 
@@ -13,13 +13,13 @@ from typing import Any, cast
 from ppplan.core.model_source import ModelSource
 from ppplan.partitioner.baselines import ENGINE_DEFAULTS
 from ppplan.partitioner.costs import Costs, Evaluation
-from ppplan.partitioner.dp import solve_partition
+from ppplan.partitioner.explain import explain_infeasible, explain_slo_miss
 from ppplan.partitioner.exports import export_plan
 from ppplan.partitioner.plan import (
+    PLAN_SCHEMA_MINOR,
     Baseline,
-    Candidate,
+    BaselineStage,
     ClusterInfo,
-    Degrees,
     Metrics,
     Plan,
     Provenance,
@@ -29,10 +29,11 @@ from ppplan.partitioner.plan import (
     StageTimes,
     WorkloadInfo,
 )
-from ppplan.partitioner.problem import Shortfall, evaluate_cut, stage_bounds
-from ppplan.partitioner.space import GIB, InfeasibleError, Layout
+from ppplan.partitioner.points import candidate, candidates, degrees_of, finite_ms, pareto_points, unit_costs
+from ppplan.partitioner.problem import evaluate_cut, stage_bounds
+from ppplan.partitioner.space import GIB, Layout
 
-__all__ = ["SolverReport", "build_plan", "explain_infeasible", "stage_detail"]
+__all__ = ["SolverReport", "build_plan", "explain_infeasible", "explain_slo_miss", "stage_detail"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -61,8 +62,8 @@ def stage_detail(costs: Costs, lay: Layout, sizes: tuple[int, ...] | list[int]) 
     pre = costs.prefill(t)
     dec = costs.decode(t, b)
     w = costs.weights(t, p)
-    kv = costs.cm.kv_bytes_per_gpu(t, lay.sequences, st.context)
-    kv_seq = costs.cm.kv_bytes_per_sequence(t, st.context)
+    kv = costs.cm.kv_bytes_per_gpu(t, lay.sequences, st.kv_tokens)
+    kv_seq = costs.cm.kv_bytes_per_sequence(t, st.kv_tokens)
     ws = costs.cm.workspace_bytes(t, costs.req.prefill_chunk_tokens, lay.sequences)
     inter = costs.inter_node(lay)
     tokens = costs.busy_tokens(lay)
@@ -110,9 +111,9 @@ def stage_detail(costs: Costs, lay: Layout, sizes: tuple[int, ...] | list[int]) 
                     limit_gib=st.usable_bytes / GIB,
                     free_gib=(st.usable_bytes - total) / GIB,
                 ),
-                # tokens of context-long sequences: with sliding-window layers a sequence costs less than
-                # context × per-token bytes, so tokens = sequences × context, not room / per-token bytes
-                kv_capacity_tokens=int(room / per_seq * st.context) if per_seq > 0 else 0,
+                # tokens of average sequences: with sliding-window layers a sequence costs less than
+                # tokens × per-token bytes, so tokens = sequences × tokens each, not room / per-token bytes
+                kv_capacity_tokens=int(room / per_seq * st.kv_tokens) if per_seq > 0 else 0,
                 kv_capacity_sequences=room / per_seq if per_seq > 0 else math.inf,
             )
         )
@@ -131,7 +132,8 @@ def _baseline(costs: Costs, best: Evaluation, engine: str, sizes: list[int], kv_
     ev = evaluate_cut(costs.problem(lay), sizes)
     cycle = max(lay.micro_batches, lay.pp) * ev.bottleneck
     thr = lay.replicas * lay.sequences / cycle
-    cap = min(s.kv_capacity_tokens for s in stage_detail(costs, lay, sizes))
+    detail = stage_detail(costs, lay, sizes)
+    cap = min(s.kv_capacity_tokens for s in detail)
     reason = None
     if not ev.fits:
         over = [k for k, ok in enumerate(ev.stage_fits) if not ok]
@@ -150,31 +152,20 @@ def _baseline(costs: Costs, best: Evaluation, engine: str, sizes: list[int], kv_
         throughput_tokens_per_s=thr if ev.fits else None,
         tpot_ms=cycle * 1e3 if ev.fits else None,
         kv_capacity_tokens=cap,
-        throughput_gain=_ratio_gain(best.throughput, thr) if ev.fits else None,
+        throughput_gain=_ratio_gain(lay.replicas * lay.sequences / best.cycle, thr) if ev.fits else None,
         kv_capacity_gain=_ratio_gain(kv_cap, cap) if ev.fits and cap > 0 else None,
-    )
-
-
-def _degrees(lay: Layout) -> Degrees:
-    return Degrees(
-        tp=lay.tp,
-        pp=lay.pp,
-        replicas=lay.replicas,
-        micro_batches=lay.micro_batches,
-        micro_batch_size=lay.micro_batch_size,
-        gpus_used=lay.gpus,
-    )
-
-
-def _candidate(e: Evaluation) -> Candidate:
-    return Candidate(
-        degrees=_degrees(e.layout),
-        partition=list(e.sizes) if e.sizes else None,
-        throughput_tokens_per_s=e.throughput,
-        throughput_per_gpu=e.throughput / e.gpus,
-        tpot_ms=e.tpot * 1e3,
-        ttft_ms=e.ttft * 1e3,
-        slo_met=e.slo_met,
+        stages=[
+            BaselineStage(
+                weights_gib=s.memory.weights_gib,
+                kv_cache_gib=s.memory.kv_cache_gib,
+                workspace_gib=s.memory.workspace_gib,
+                reserve_gib=s.memory.reserve_gib,
+                total_gib=s.memory.total_gib,
+                limit_gib=s.memory.limit_gib,
+                busy_ms=s.times.busy_ms,
+            )
+            for s in detail
+        ],
     )
 
 
@@ -182,7 +173,10 @@ def _notes(costs: Costs, best: Evaluation) -> list[str]:
     profile = costs.profile
     notes = []
     if not best.slo_met:
-        notes.append("no configuration meets the SLOs; this is the closest one by the objective")
+        notes.append(
+            "the pinned concurrency misses the SLOs (leave --concurrency unset to search the batch); "
+            "the closest configuration by the objective"
+        )
     if profile.kind == "measured" and not costs.cm.measured:
         notes.append(
             f"the profile was measured on {profile.device}, not {costs.setup.gpu.name}: its bytes are used, "
@@ -192,9 +186,15 @@ def _notes(costs: Costs, best: Evaluation) -> list[str]:
         notes.append(f"weights: {profile.quantization}")
     if profile.provenance.get("notes"):
         notes.append(str(profile.provenance["notes"]))
+    load = (
+        "the request rate"
+        if costs.req.rate is not None
+        else "the rate a closed loop of the planned sequences runs at (no request rate given)"
+    )
     notes.append(
-        "TTFT is for one request on an idle replica (no queueing); TPOT and throughput are the "
-        "steady state with prefill chunks amortised over the decode cycle"
+        f"ttft_ms is one request on an idle replica; ttft_p50/p90 are under Poisson arrivals at {load} "
+        "(queueing approximation); TPOT and throughput are the steady state with prefill chunks "
+        "interleaved with decode steps; max_tpot_ms bounds TPOT, max_ttft_ms the p90 TTFT"
     )
     return notes
 
@@ -210,6 +210,8 @@ def _schedule(best: Evaluation, stages: list[StagePlan]) -> Schedule:
         bubble_fraction=1 - m / max(m, p),
         description=f"{m} micro-batch(es) of {lay.micro_batch_size} sequences on {p} stage(s): one cycle = "
         f"max(M, PP) × slowest stage = {max(m, p)} × {best.bottleneck * 1e3:.3f} ms",
+        name=f"decode steady state, {m} micro-batch(es) in flight on {p} stage(s)"
+        + (" (M = PP: no bubble)" if m >= p else f" (M < PP: {1 - m / p:.0%} bubble)"),
     )
 
 
@@ -247,6 +249,25 @@ def _provenance(costs: Costs, solver: SolverReport, solve_ms: float) -> Provenan
     )
 
 
+def _workload(costs: Costs, best: Evaluation, mode: str) -> WorkloadInfo:
+    req, st, lay = costs.req, costs.setup, best.layout
+    wl = costs.workload
+    return WorkloadInfo(
+        prompt_tokens=st.prompt_tokens,
+        output_tokens=st.output_tokens,
+        concurrency=lay.sequences * lay.replicas,
+        context=st.context,
+        concurrency_source="pinned" if mode == "pinned" else "searched",
+        prompt_tokens_sd=wl.prompt.sd or None,
+        output_tokens_sd=wl.output.sd or None,
+        kv_tokens_per_sequence=st.kv_tokens,
+        token_budget=st.token_budget,
+        request_rate=best.rate * lay.replicas,
+        request_rate_source="given" if req.rate is not None else "closed loop at the planned concurrency",
+        engine=st.engine,
+    )
+
+
 def build_plan(
     costs: Costs,
     source: ModelSource,
@@ -254,18 +275,25 @@ def build_plan(
     solver: SolverReport,
     runner_ups: list[Evaluation],
     front: list[Evaluation],
+    evaluated: list[Evaluation],
+    mode: str,
     solve_ms: float,
 ) -> Plan:
-    """The Plan of ``best`` with its evidence: stages, baselines, runner-ups, Pareto front, provenance."""
+    """The Plan of ``best`` with its evidence: stages, units, baselines, runner-ups, candidates, the
+    Pareto front (``mode`` is the batch search's: pinned, largest, smallest or one), provenance."""
     assert best.sizes is not None
     req, profile, st = costs.req, costs.profile, costs.setup
     stages = stage_detail(costs, best.layout, best.sizes)
     kv_cap = min(s.kv_capacity_tokens for s in stages)
     metrics = Metrics(
         throughput_tokens_per_s=best.throughput,
-        throughput_per_gpu=best.throughput / best.gpus,
+        throughput_per_gpu=best.per_gpu,
         tpot_ms=best.tpot * 1e3,
         ttft_ms=best.ttft * 1e3,
+        ttft_p50_ms=finite_ms(best.ttft_p50),
+        ttft_p90_ms=finite_ms(best.ttft_p90),
+        tokens_per_s_per_user=1.0 / best.tpot if best.tpot > 0 else None,
+        capacity_requests_per_s=best.capacity * best.layout.replicas,
         kv_capacity_tokens=kv_cap,
         max_concurrency=min(s.kv_capacity_sequences for s in stages),
         slo_met=best.slo_met,
@@ -275,87 +303,29 @@ def build_plan(
         _baseline(costs, best, name, rule(st.layers, best.layout.pp), kv_cap) for name, rule in ENGINE_DEFAULTS.items()
     ]
     body: dict[str, Any] = {
+        "schema_minor": PLAN_SCHEMA_MINOR,
         "model": profile.model,
         "model_source": source.source,
         "request": req.model_dump(mode="json"),
         "cluster": _cluster(costs),
-        "workload": WorkloadInfo(
-            prompt_tokens=st.prompt_tokens,
-            output_tokens=st.output_tokens,
-            concurrency=req.concurrency,
-            context=st.context,
-        ),
+        "workload": _workload(costs, best, mode),
         "objective": req.objective,
         "weight_dtype": profile.weight_dtype,
         "kv_dtype": profile.kv_dtype,
         "quantization": profile.quantization,
-        "degrees": _degrees(best.layout),
+        "degrees": degrees_of(best.layout),
         "partition": [s.num_decoder_layers for s in stages],
         "stages": stages,
         "schedule": _schedule(best, stages),
         "metrics": metrics,
         "baselines": baselines,
-        "runner_ups": [_candidate(e) for e in runner_ups],
-        "pareto": [_candidate(e) for e in front],
+        "runner_ups": [candidate(e) for e in runner_ups],
+        "pareto": pareto_points(front, best),
+        "candidates": candidates([best, *evaluated], best),
+        "units": unit_costs(costs, best, stages),
         "provenance": _provenance(costs, solver, solve_ms),
         "notes": _notes(costs, best),
     }
     draft = Plan(**body, exports={})
     dumped = draft.model_dump(mode="json")
     return draft.model_copy(update={"exports": export_plan(dumped, source.engine_ref)})
-
-
-def explain_infeasible(costs: Costs, source: ModelSource, infeasible: list[Evaluation]) -> InfeasibleError:
-    """The error when no layout fits: what the model needs, what the GPUs offer, the largest
-    configuration's failing stage and what to change."""
-    req, profile, st = costs.req, costs.profile, costs.setup
-    w = costs.cm.weight_bytes_per_gpu(1)
-    total_w = float(w.sum()) - (float(w[-1] - costs.cm.replicated[-1]) if st.tied_embeddings else 0.0)
-    kv = float(costs.cm.kv_bytes_per_gpu(1, req.concurrency, st.context).sum())
-    have = st.count * st.limit_bytes
-    msg = (
-        f"{profile.model.name} in {profile.weight_dtype} needs {total_w / GIB:.1f} GiB of weights "
-        f"+ {kv / GIB:.1f} GiB of KV cache ({req.concurrency} sequences × {st.context} tokens); "
-        f"{req.gpus} offer {st.limit_bytes / GIB:.1f} GiB each after the "
-        f"{req.gpu_memory_utilization:g} utilisation and {req.runtime_reserve_gib:g} GiB reserve "
-        f"({have / GIB:.1f} GiB in all)"
-    )
-    if infeasible:
-        biggest = max(infeasible, key=lambda e: (e.layout.tp * e.layout.pp, e.layout.tp, -e.layout.sequences)).layout
-        sol = solve_partition(costs.problem(biggest))
-        msg += f"; the largest configuration tried (TP {biggest.tp} × PP {biggest.pp}) fails: " + _shortfall_text(
-            sol.shortfall, sol.reason, st.layers
-        )
-    hints = []
-    # quantising only helps when the weights are a real share of what does not fit
-    if profile.weight_dtype in ("bf16", "fp16") and total_w > 0.1 * have:
-        # an unknown dtype (a config file, a preset without one) is None or blank: no hint then
-        published = next(iter((source.published_checkpoint_dtype or "").split()), "")
-        ckpt = f" (the published checkpoint is {published})" if published and published != "bf16" else ""
-        hints.append(f"quantised weights need less: --weight-dtype fp8 or int4{ckpt}")
-    if req.concurrency > 1 and kv > 0.25 * have:
-        hints.append("fewer sequences (--concurrency) or a shorter --context shrink the KV cache")
-    if hints:
-        msg += "; " + "; ".join(hints)
-    return InfeasibleError("gpus", rule="does not fit: " + msg, needed_bytes=total_w + kv, available_bytes=have)
-
-
-def _unit_name(unit: int, layers: int) -> str:
-    """A planning unit in the user's terms: unit 0 is the embedding, units 1..L the decoder layers
-    0..L-1, unit L+1 the final norm and LM head."""
-    if unit == 0:
-        return "the embedding"
-    if unit == layers + 1:
-        return "the LM head"
-    return f"decoder layer {unit - 1}"
-
-
-def _shortfall_text(miss: Shortfall | None, reason: str | None, layers: int) -> str:
-    """The DP's infeasibility in decoder layers (0-based) instead of planning units."""
-    if miss is None:
-        return reason or "no cut fits in memory"
-    need, limit = f"{miss.needed_bytes / GIB:.1f} GiB", f"limit {miss.limit_bytes / GIB:.1f} GiB"
-    if miss.stage is None:
-        return f"{_unit_name(miss.first_unit, layers)} alone needs {need}, {limit}"
-    span = f"{_unit_name(miss.first_unit, layers)} to {_unit_name(miss.last_unit, layers)}"
-    return f"stage {miss.stage} ({span}) needs {need}, {limit}, in the cut that overshoots its limits least"

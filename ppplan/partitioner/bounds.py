@@ -1,47 +1,69 @@
-"""Branch and bound over layouts: optimistic bounds, the ranking, pruning and the Pareto front.
+"""Branch and bound over degrees: optimistic bounds, the ranking, pruning and the Pareto front.
 
 Every layout first gets an optimistic score from a lower bound on its slowest stage (no cut
-solved). Exact cuts are then solved in order of optimistic score; a layout is skipped when its
-optimistic score cannot reach the runner-up list and its optimistic point is dominated by an exact
-(TPOT, throughput per GPU) point already found.
+solved); the batch of each degrees is chosen on those scores (:mod:`partitioner.batch`). Exact
+cuts are then solved in order of optimistic score, until no remaining degrees can reach the
+runner-up list. The Pareto front is computed over every TP × PP and batch size, lazily exact.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
+from ppplan.partitioner.batch import BatchSearch, Degrees3
 from ppplan.partitioner.costs import Costs, Evaluation
 from ppplan.partitioner.request import PlanRequest
 from ppplan.partitioner.space import Layout
 
 __all__ = ["RUNNER_UPS", "Search", "branch_and_bound", "optimistic", "pareto", "rank_key"]
 
+
 RUNNER_UPS = 5
+REFINED = 3
+"""Leading choices whose batch is refined between the grid points"""
 
 RankKey = tuple[float, ...]
+_PRIMARY = 3
+"""Leading entries of a rank key that are the objective (the rest break ties)"""
+TIE_EVALUATIONS = 4 * (RUNNER_UPS + 1)
+"""Exact choices after which candidates tied with the runner-up threshold are no longer solved"""
+
+
+def lower_bound(costs: Costs, lay: Layout) -> float:
+    """A lower bound on the slowest stage's busy seconds per micro-batch over every cut of ``lay``:
+    the mean stage, the longest layer, the first layer with its send."""
+    tv = costs.layer_times(lay.tp, lay.micro_batch_size)
+    tokens = costs.busy_tokens(lay)
+    sends = [costs.send(tokens, x) for x in costs.inter_node(lay)]
+    first_send = sends[0] if sends else 0.0
+    return max((tv.total + sum(sends)) / lay.pp, tv.longest, float(tv.time[0]) + first_send)
 
 
 def optimistic(costs: Costs, lay: Layout) -> Evaluation:
     """``lay`` scored with a lower bound on its slowest stage; infeasible (with a reason) when it
     cannot fit in memory whatever the cut."""
-    v = costs.vectors(lay)
-    limit = costs.setup.limit_bytes
-    if limit <= 0 or v.memory.total / lay.pp > limit or v.memory.largest_need > limit:
+    if not costs.fits(lay.tp, lay.pp, lay.sequences):
         return Evaluation(layout=lay, reason="does not fit in memory at any cut (total / stages exceeds the limit)")
-    first_send = v.sends[0] if v.sends else 0.0
-    tv = v.times
-    lb = max((tv.total + sum(v.sends)) / lay.pp, tv.longest, float(tv.time[0]) + first_send)
-    return costs.scored(lay, lb)
+    return costs.scored(lay, lower_bound(costs, lay))
 
 
 def _violation(req: PlanRequest, e: Evaluation) -> float:
-    """How far ``e`` misses the SLOs (0 when met): the worst ratio of predicted to allowed, minus 1."""
+    """How far ``e`` misses the SLOs (0 when met): the worst ratio of predicted to allowed, minus 1
+    (TTFT is bounded at its 90th percentile under load; a rate beyond capacity counts as a miss)."""
     worst = 0.0
     if req.max_tpot_ms is not None:
         worst = max(worst, e.tpot * 1e3 / req.max_tpot_ms - 1)
     if req.max_ttft_ms is not None:
-        worst = max(worst, e.ttft * 1e3 / req.max_ttft_ms - 1)
-    return worst
+        worst = max(worst, e.ttft_p90 * 1e3 / req.max_ttft_ms - 1)
+    if req.rate is not None and e.capacity > 0:
+        worst = max(worst, req.rate / (e.capacity * e.layout.replicas) - 1)
+    return min(worst, 1e12)
+
+
+def _bucket(x: float) -> int:
+    """Throughput per GPU in 0.5 % steps: within one step, the tie-breaks decide."""
+    return math.floor(math.log(x) / math.log(1.005)) if x > 0 else -(10**9)
 
 
 def rank_key(req: PlanRequest, e: Evaluation) -> RankKey:
@@ -49,10 +71,10 @@ def rank_key(req: PlanRequest, e: Evaluation) -> RankKey:
     obj = req.objective
     miss = 0.0 if e.slo_met else -_violation(req, e)
     if obj == "throughput":
-        return (e.slo_met, miss, e.throughput, -e.tpot, -e.gpus)
+        return (e.slo_met, miss, _bucket(e.per_gpu), e.throughput, -e.tpot, -e.gpus)
     if obj == "latency":
-        return (e.slo_met, miss, -e.tpot, -e.ttft, e.throughput)
-    return (e.slo_met, miss, -e.gpus, e.throughput, -e.tpot)
+        return (e.slo_met, miss, -e.tpot, -e.ttft_p90, e.per_gpu, -e.gpus)
+    return (e.slo_met, miss, -e.gpus, _bucket(e.per_gpu), -e.tpot, e.throughput)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -60,72 +82,125 @@ class Search:
     """What branch and bound found."""
 
     evaluations: list[Evaluation]
-    """exact, feasible evaluations, best first"""
+    """exact, feasible evaluations (one per degrees, at its chosen batch), best first"""
     infeasible: list[Evaluation]
     """layouts that do not fit: optimistic rejections first (in search order), then exact ones"""
 
 
-def _dominated(front: list[tuple[float, float]], tpot: float, per_gpu: float) -> bool:
-    return any(f_tpot <= tpot and f_gpu >= per_gpu for f_tpot, f_gpu in front)
+def branch_and_bound(costs: Costs, degrees: list[Degrees3], batches: BatchSearch) -> Search:
+    """The exact batch choice of the promising degrees, ranked best first.
 
-
-class _Incumbents:
-    """The best exact key per degrees and the exact (TPOT, throughput per GPU) Pareto points."""
-
-    def __init__(self, req: PlanRequest) -> None:
-        self.req = req
-        self.best_by_degrees: dict[tuple[int, int, int], RankKey] = {}
-        self.front: list[tuple[float, float]] = []
-
-    def prunes(self, opt: Evaluation) -> bool:
-        """True when the optimistic ``opt`` can neither reach the runner-ups nor the front."""
-        if len(self.best_by_degrees) <= RUNNER_UPS:
-            return False
-        threshold = sorted(self.best_by_degrees.values(), reverse=True)[RUNNER_UPS]
-        return rank_key(self.req, opt) < threshold and _dominated(self.front, opt.tpot, opt.throughput / opt.gpus)
-
-    def add(self, e: Evaluation) -> None:
-        k = rank_key(self.req, e)
-        deg = e.layout.degrees
-        if deg not in self.best_by_degrees or k > self.best_by_degrees[deg]:
-            self.best_by_degrees[deg] = k
-        tpg = e.throughput / e.gpus
-        if not _dominated(self.front, e.tpot, tpg):
-            self.front = [(t, g) for t, g in self.front if not (e.tpot <= t and tpg >= g)] + [(e.tpot, tpg)]
-
-
-def branch_and_bound(costs: Costs, layouts: list[Layout]) -> Search:
-    """Exact cuts of the promising layouts, ranked best first (see module doc)."""
+    Degrees are visited in order of their optimistic score; once RUNNER_UPS + 1 exact choices are
+    known, a degrees whose optimistic score is below the last of them cannot enter the list (an
+    exact cut is never better than its optimistic bound), nor can any after it.
+    """
     req = costs.req
-    cands: list[Evaluation] = []
+    cands: list[tuple[Degrees3, int, Evaluation]] = []
     infeasible: list[Evaluation] = []
-    for lay in layouts:
-        opt = optimistic(costs, lay)
-        (cands if opt.feasible else infeasible).append(opt)
-    cands.sort(key=lambda e: rank_key(req, e), reverse=True)
+    for d in degrees:
+        b, opt = batches.optimistic_choice(d)
+        if opt.feasible:
+            cands.append((d, b, opt))
+        else:
+            infeasible.append(opt)
+    cands.sort(key=lambda c: rank_key(req, c[2]), reverse=True)
     evals: list[Evaluation] = []
-    inc = _Incumbents(req)
-    for opt in cands:
-        if inc.prunes(opt):
-            continue
-        e = costs.evaluate(opt.layout)
+    keys: list[RankKey] = []
+    for d, b, opt in cands:
+        if len(keys) > RUNNER_UPS:
+            threshold = sorted(keys, reverse=True)[RUNNER_UPS]
+            key = rank_key(req, opt)
+            if key < threshold:
+                break
+            # ties on the objective (same SLO standing, per-GPU throughput within 0.5 %) are settled
+            # by the tie-breaks among the first TIE_EVALUATIONS exact choices only
+            if key[:_PRIMARY] == threshold[:_PRIMARY] and len(keys) >= TIE_EVALUATIONS:
+                continue
+        e = batches.exact_choice(d, b)
         if not e.feasible:
             infeasible.append(e)
             continue
         evals.append(e)
-        inc.add(e)
+        keys.append(rank_key(req, e))
+    evals.sort(key=lambda e: rank_key(req, e), reverse=True)
+    # the leaders' batches between the grid points (the others keep their grid batch)
+    evals[:REFINED] = [batches.refine(e) for e in evals[:REFINED]]
     evals.sort(key=lambda e: rank_key(req, e), reverse=True)
     return Search(evaluations=evals, infeasible=infeasible)
 
 
-def pareto(evals: list[Evaluation]) -> list[Evaluation]:
-    """The (TPOT, throughput per GPU) non-dominated evaluations, by increasing TPOT."""
-    pts = sorted(evals, key=lambda e: (e.tpot, -e.throughput / e.gpus))
-    out: list[Evaluation] = []
-    best_tpg = -1.0
-    for e in pts:
-        tpg = e.throughput / e.gpus
-        if tpg > best_tpg * (1 + 1e-9):
-            out.append(e)
-            best_tpg = tpg
+_Key = tuple[int, int, int, int]
+
+
+@dataclass(frozen=True, slots=True)
+class _Point:
+    """A Pareto candidate: (TPOT, throughput per GPU), exact or an optimistic bound."""
+
+    tpot: float
+    per_gpu: float
+    gpus: int
+    key: _Key
+    exact: Evaluation | None
+
+
+def _point(costs: Costs, e: Evaluation, key: _Key) -> _Point:
+    """The saturated (closed-loop) point of an exact evaluation: what the batch sustains."""
+    if costs.req.rate is not None:
+        e = costs.scored(e.layout, e.bottleneck, e.sizes, exact=True, closed_loop=True)
+    return _Point(e.tpot, e.per_gpu, e.gpus, key, e)
+
+
+def _front(points: list[_Point]) -> list[_Point]:
+    """The (TPOT, throughput per GPU) non-dominated points, by increasing TPOT."""
+    pts = sorted(points, key=lambda p: (p.tpot, -p.per_gpu, p.gpus))
+    out: list[_Point] = []
+    best = -1.0
+    for p in pts:
+        if p.per_gpu > best * (1 + 1e-9):
+            out.append(p)
+            best = p.per_gpu
     return out
+
+
+def _ladder(costs: Costs, batches: BatchSearch, d: Degrees3) -> list[_Point]:
+    """Optimistic points of ``d`` over its batch ladder, straight from the lower bound on the slowest
+    stage (TPOT = cycle, throughput = sequences / cycle)."""
+    out = []
+    for b in batches.ladder(d):
+        lay = batches.layout(d, b)
+        cycle = max(lay.micro_batches, lay.pp) * lower_bound(costs, lay)
+        out.append(_Point(cycle, lay.replicas * lay.sequences / cycle / lay.gpus, lay.gpus, (*d, b), None))
+    return out
+
+
+def pareto(costs: Costs, degrees: list[Degrees3], batches: BatchSearch, chosen: list[Evaluation]) -> list[Evaluation]:
+    """The exact Pareto front of output tokens/s per GPU against TPOT over every TP × PP (at its
+    fewest replicas: per-GPU figures do not depend on them) and batch size, with ``chosen`` in it:
+    what each batch sustains, in a closed loop (with a request rate too: the plan's own figures are
+    then at that rate, its point on the front at its capacity).
+
+    Optimistic points stand in for exact ones until they reach the front; then their cut is solved
+    and the front recomputed, until every point on it is exact."""
+    fewest: dict[tuple[int, int], Degrees3] = {}
+    for d in degrees:
+        if (d[0], d[1]) not in fewest or d[2] < fewest[(d[0], d[1])][2]:
+            fewest[(d[0], d[1])] = d
+    pool: dict[_Key, _Point] = {}
+    if batches.mode != "pinned":
+        for d in fewest.values():
+            pool.update((p.key, p) for p in _ladder(costs, batches, d))
+    for e in [*batches.exact_evaluations, *chosen]:
+        if e.feasible:
+            lay = e.layout
+            pool[(*lay.degrees, -lay.sequences)] = _point(costs, e, (*lay.degrees, -lay.sequences))
+    while True:
+        front = _front(list(pool.values()))
+        todo = [p.key for p in front if p.exact is None]
+        if not todo:
+            return [p.exact for p in front if p.exact is not None]
+        for k in todo:
+            e = batches.exact(k[:3], k[3])  # type: ignore[arg-type]
+            if e.feasible:
+                pool[k] = _point(costs, e, k)
+            else:
+                del pool[k]

@@ -5,23 +5,35 @@ stages, one cycle lasts max(M, PP) × the slowest stage's busy time per micro-ba
 advances one token per cycle (TPOT ≈ cycle) and a replica's throughput is (its sequences) / cycle.
 A stage's busy time per micro-batch is its decode step plus its share of prefill work: with
 chunked prefill, each cycle prefills b / output_tokens of a prompt per micro-batch on average.
+
+Under load (:mod:`partitioner.load`), a replica's engine step is linear in its work: the slowest
+stage's fixed time, per decode sequence and per prefill token (:meth:`Costs.replica_cost`). A
+replica sustains (its sequences) / (idle TTFT + output tokens × cycle) requests/s. TTFT and, with
+a request rate, TPOT come from the queueing approximation at the request rate; with no rate, at the
+rate a closed loop of the planned sequences runs at (each finished request replaced by a new one,
+as a benchmark at fixed concurrency does: prefill queueing, no wait for a free sequence slot).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from ppplan.core.costmodel import CostModel
 from ppplan.core.profile import Profile
 from ppplan.partitioner.dp import solve_partition
+from ppplan.partitioner.load import ReplicaCost, closed_form, idle_ttft
 from ppplan.partitioner.problem import PartitionProblem
 from ppplan.partitioner.request import PlanRequest
 from ppplan.partitioner.space import Layout, Setup, inter_node
+from ppplan.partitioner.workload import TokenDist, Workload
 
-__all__ = ["Costs", "Evaluation", "LayerMemory", "LayerTimes", "StageVectors"]
+__all__ = ["Costs", "Evaluation", "LayerMemory", "LayerTimes", "StageVectors", "workload_of"]
+
+_CLOSED_LOOP_SEATS = 4
+"""A closed loop never waits for a seat: its queueing model gets this many times the planned seats."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -74,9 +86,17 @@ class Evaluation:
     throughput: float = 0.0
     """tokens per second over all replicas"""
     tpot: float = math.inf
-    """seconds per output token"""
+    """seconds per output token (at the request rate when one is given, else with the batch full)"""
     ttft: float = math.inf
     """seconds to the first token on an idle replica"""
+    ttft_p50: float = math.inf
+    """median seconds to the first token at the load (see ``rate``)"""
+    ttft_p90: float = math.inf
+    """90th-percentile seconds to the first token at the load"""
+    rate: float = 0.0
+    """requests/s per replica the latencies are predicted at"""
+    capacity: float = 0.0
+    """requests/s per replica the layout sustains"""
     slo_met: bool = False
     sizes: tuple[int, ...] | None = None
     """decoder layers per stage, once the cut is solved"""
@@ -87,6 +107,11 @@ class Evaluation:
     def gpus(self) -> int:
         """GPUs the layout uses."""
         return self.layout.gpus
+
+    @property
+    def per_gpu(self) -> float:
+        """Output tokens/s per GPU."""
+        return self.throughput / self.gpus
 
     @property
     def feasible(self) -> bool:
@@ -117,7 +142,9 @@ class Costs:
         self._inter_cache: dict[tuple[int, int, int], list[bool]] = {}
         self._vec_cache: dict[_VectorKey, StageVectors] = {}
         self._problem_cache: dict[_VectorKey, PartitionProblem] = {}
-        self._ttft_cache: dict[tuple[int, int, int], float] = {}
+        self._sum_cache: dict[tuple[int, int], float] = {}
+        self._send_cache: dict[tuple[float, bool], float] = {}
+        self.workload = workload_of(req)
 
     # ---- per-unit vectors -------------------------------------------------------------------------
     def prefill(self, tp: int) -> np.ndarray:
@@ -171,7 +198,7 @@ class Costs:
         if hit is not None:
             return hit
         w = self.weights(tp, pp)
-        kv = self.cm.kv_bytes_per_gpu(tp, sequences, self.setup.context)
+        kv = self.cm.kv_bytes_per_gpu(tp, sequences, self.setup.kv_tokens)
         mem = (w + kv)[1:-1].copy()
         mem[0] += w[0]
         mem[-1] += w[-1]
@@ -196,14 +223,50 @@ class Costs:
         if hit is not None:
             return hit
         tokens = self.busy_tokens(lay)
-        send = {x: self.cm.send_time(tokens, x) for x in (False, True)}
         out = StageVectors(
             times=self.layer_times(lay.tp, lay.micro_batch_size),
             memory=self.layer_memory(lay.tp, lay.pp, lay.sequences),
-            sends=tuple(send[x] for x in self.inter_node(lay)),
+            sends=tuple(self.send(tokens, x) for x in self.inter_node(lay)),
         )
         self._vec_cache[key] = out
         return out
+
+    def send(self, tokens: float, inter: bool) -> float:
+        """Seconds of one stage boundary's send of ``tokens`` tokens (cached)."""
+        key = (tokens, inter)
+        hit = self._send_cache.get(key)
+        if hit is None:
+            hit = self._send_cache[key] = self.cm.send_time(tokens, inter)
+        return hit
+
+    def fits(self, tp: int, pp: int, sequences: int) -> bool:
+        """Whether ``sequences`` per replica can fit in memory at TP ``tp`` on ``pp`` stages at any cut
+        (the optimistic memory test: the mean stage and the largest layer)."""
+        limit = self.setup.limit_bytes
+        mem = self.layer_memory(tp, pp, sequences)
+        return limit > 0 and mem.total / pp <= limit and mem.largest_need <= limit
+
+    def max_sequences(self, tp: int, pp: int, cap: int) -> int:
+        """Most sequences per replica (at most ``cap``) that pass :meth:`fits`; 0 when one does not.
+
+        Memory is affine in the sequences (weights + sequences × KV per sequence), so the mean-stage
+        bound gives the answer directly; the per-layer test only moves it down, by bisection."""
+        if not self.fits(tp, pp, 1):
+            return 0
+        one = self.layer_memory(tp, pp, 1)
+        two = self.layer_memory(tp, pp, 2)
+        per_seq = two.total - one.total
+        hi = cap if per_seq <= 0 else min(cap, max(1, int((pp * self.setup.limit_bytes - one.total) / per_seq) + 1))
+        if self.fits(tp, pp, hi):
+            return hi
+        lo = 1
+        while lo < hi - 1:
+            mid = (lo + hi) // 2
+            if self.fits(tp, pp, mid):
+                lo = mid
+            else:
+                hi = mid
+        return lo
 
     def busy_tokens(self, lay: Layout) -> float:
         """Tokens a stage sends per micro-batch: the decode tokens plus their share of prompt tokens."""
@@ -230,34 +293,113 @@ class Costs:
         self._problem_cache[key] = pr
         return pr
 
+    def _decode_sum(self, tp: int, batch: int) -> float:
+        key = (tp, -batch)  # negative keys: sums, beside the per-unit times of the same cache
+        if key not in self._sum_cache:
+            self._sum_cache[key] = float(self.decode(tp, batch).sum())
+        return self._sum_cache[key]
+
+    def replica_cost(self, lay: Layout, bottleneck: float) -> ReplicaCost:
+        """The linear step cost of one replica of ``lay`` whose slowest stage takes ``bottleneck``
+        seconds per micro-batch: the whole model's decode and prefill costs per stage, scaled by the
+        cut's imbalance (slowest stage / mean stage)."""
+        t, b, st = lay.tp, lay.micro_batch_size, self.setup
+        v = self.vectors(lay)
+        mean_stage = (v.times.total + sum(v.sends)) / lay.pp
+        k = max(1.0, bottleneck / mean_stage if mean_stage > 0 else 1.0) / lay.pp
+        d1 = self._decode_sum(t, 1)
+        hi = max(b, 2)
+        slope = max(0.0, (self._decode_sum(t, hi) - d1) / (hi - 1))
+        fixed = max(0.0, d1 - slope)
+        inter = any(self.inter_node(lay))
+        send0 = self.send(0, inter) if lay.pp > 1 else 0.0
+        send_tok = (self.send(1024, inter) - send0) / 1024 if lay.pp > 1 else 0.0
+        per_tok = float(self.prefill(t).sum()) / st.prompt_tokens
+        return ReplicaCost(
+            pp=lay.pp,
+            micro_batches=lay.micro_batches,
+            stage_fixed_s=k * fixed + send0,
+            stage_per_seq_s=k * slope + send_tok,
+            stage_per_prefill_token_s=k * per_tok + send_tok,
+            token_budget=st.token_budget,
+            max_seqs=lay.sequences,
+        )
+
     def ttft(self, lay: Layout) -> float:
-        """Seconds to the first token: one prompt's prefill through every stage plus the sends."""
-        key = lay.degrees
-        if key not in self._ttft_cache:
-            p_tok = self.setup.prompt_tokens
-            sends = sum(self.cm.send_time(p_tok, x) for x in inter_node(self.setup, lay.tp, lay.pp, lay.replicas))
-            self._ttft_cache[key] = float(self.prefill(lay.tp).sum()) + sends
-        return self._ttft_cache[key]
+        """Seconds to the first token on an idle replica at the optimistic (balanced) cut."""
+        return idle_ttft(self.replica_cost(lay, 0.0), self.setup.prompt_tokens)
 
     # ---- scoring ----------------------------------------------------------------------------------
-    def scored(self, lay: Layout, bottleneck: float, sizes: tuple[int, ...] | None = None) -> Evaluation:
-        """``lay`` with the schedule a slowest stage of ``bottleneck`` seconds gives."""
+    def scored(
+        self,
+        lay: Layout,
+        bottleneck: float,
+        sizes: tuple[int, ...] | None = None,
+        *,
+        exact: bool = False,
+        closed_loop: bool = False,
+    ) -> Evaluation:
+        """``lay`` with the schedule a slowest stage of ``bottleneck`` seconds gives, and its latencies
+        under load: from the queueing approximation when ``exact``, else lower bounds (the idle
+        TTFT, the work-free cycle) for branch and bound. ``closed_loop`` ignores the request rate
+        (the saturated figures of the Pareto front)."""
         cycle = max(lay.micro_batches, lay.pp) * bottleneck
-        ttft = self.ttft(lay)
-        req = self.req
-        slo = (req.max_tpot_ms is None or cycle * 1e3 <= req.max_tpot_ms) and (
-            req.max_ttft_ms is None or ttft * 1e3 <= req.max_ttft_ms
-        )
+        rc = self.replica_cost(lay, bottleneck)
+        o = self.setup.output_tokens
+        idle = idle_ttft(rc, self.setup.prompt_tokens)
+        cap = lay.sequences / (idle + o * cycle)
+        given = None if closed_loop else self.req.rate
+        rate = cap if given is None else given / lay.replicas
+        p50 = p90 = idle
+        tpot = cycle if given is None else max(lay.micro_batches, lay.pp) * rc.stage_fixed_s
+        stable = rate <= cap
+        # bounds suffice for branch and bound unless the load decides: the queueing model at the
+        # optimistic costs is still optimistic (latencies only grow with the stage times)
+        if exact or given is not None or self.req.max_ttft_ms is not None:
+            # a closed loop at the planned concurrency (no rate given) never waits for a seat
+            seats = rc if given is not None else replace(rc, max_seqs=_CLOSED_LOOP_SEATS * lay.sequences + 64)
+            pred = closed_form(seats, self.workload, rate)
+            p50, p90 = (pred.ttft_p50_s, pred.ttft_p90_s) if pred.stable else (math.inf, math.inf)
+            stable = given is None or (pred.stable and rate <= cap)  # a closed loop cannot overload
+            if given is not None:
+                tpot = pred.tpot_s if stable else math.inf
+        thr = lay.replicas * lay.sequences / cycle if given is None else min(rate, cap) * lay.replicas * o
         return Evaluation(
             layout=lay,
             bottleneck=bottleneck,
             cycle=cycle,
-            throughput=lay.replicas * lay.sequences / cycle,
-            tpot=cycle,
-            ttft=ttft,
-            slo_met=slo,
+            throughput=thr,
+            tpot=tpot,
+            ttft=idle,
+            ttft_p50=p50,
+            ttft_p90=p90,
+            rate=rate,
+            capacity=cap,
+            slo_met=self._meets(tpot, p90) and stable,
             sizes=sizes,
         )
+
+    def _meets(self, tpot: float, ttft_p90: float) -> bool:
+        req = self.req
+        return (req.max_tpot_ms is None or tpot * 1e3 <= req.max_tpot_ms) and (
+            req.max_ttft_ms is None or ttft_p90 * 1e3 <= req.max_ttft_ms
+        )
+
+    def with_cut(self, lay: Layout, sizes: tuple[int, ...]) -> Evaluation | None:
+        """``lay`` scored (exactly) at the given cut, None when that cut does not fit: a feasible
+        point whose slowest stage bounds the optimal cut's from above (no DP solved)."""
+        if len(sizes) != lay.pp:
+            return None
+        v = self.vectors(lay)
+        bounds = np.cumsum((0, *sizes))
+        limit = self.setup.limit_bytes
+        tt = np.add.reduceat(v.times.time, bounds[:-1])
+        mem = np.add.reduceat(v.memory.memory, bounds[:-1])
+        peak = np.maximum.reduceat(v.memory.peak, bounds[:-1])
+        if np.any(mem + peak > limit * (1 + 1e-9)):
+            return None
+        bottleneck = float(np.max(tt + np.array((*v.sends, 0.0))))
+        return self.scored(lay, bottleneck, sizes, exact=True)
 
     def evaluate(self, lay: Layout, *, final: bool = False) -> Evaluation:
         """Solve the cut of ``lay`` exactly; ``final`` adds the KV-headroom tie-break."""
@@ -265,4 +407,18 @@ class Costs:
         res = solve_partition(self.problem(lay), tie_break=final, explain=final)
         if not res.optimal:
             return Evaluation(layout=lay, reason=res.reason)
-        return self.scored(lay, res.bottleneck, res.sizes)
+        return self.scored(lay, res.bottleneck, res.sizes, exact=True)
+
+
+def _dist(mean: float, sd: float | None, hist: tuple[tuple[int, float], ...] | None) -> TokenDist:
+    if hist:
+        return TokenDist.from_histogram(hist)
+    return TokenDist(mean=float(mean), sd=float(sd or 0.0))
+
+
+def workload_of(req: PlanRequest) -> Workload:
+    """The request's prompt and output length distributions."""
+    return Workload(
+        prompt=_dist(req.prompt_tokens, req.prompt_tokens_sd, req.prompt_tokens_histogram),
+        output=_dist(req.output_tokens, req.output_tokens_sd, req.output_tokens_histogram),
+    )

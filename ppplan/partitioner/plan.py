@@ -16,8 +16,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from ppplan.core.profile import ModelIdentity
 
 __all__ = [
+    "PLAN_SCHEMA_MINOR",
     "PLAN_SCHEMA_VERSION",
     "Baseline",
+    "BaselineStage",
     "Candidate",
     "ClusterInfo",
     "Degrees",
@@ -28,10 +30,12 @@ __all__ = [
     "StageMemory",
     "StagePlan",
     "StageTimes",
+    "UnitCost",
     "WorkloadInfo",
 ]
 
 PLAN_SCHEMA_VERSION = 1
+PLAN_SCHEMA_MINOR = 1
 
 _F = ConfigDict(frozen=True)
 
@@ -56,8 +60,18 @@ class WorkloadInfo(BaseModel):
     model_config = _F
     prompt_tokens: int
     output_tokens: int
-    concurrency: int = Field(description="sequences in flight across all replicas")
-    context: int = Field(description="KV tokens reserved per sequence")
+    concurrency: int = Field(description="sequences in flight across all replicas (planned batch × replicas)")
+    context: int = Field(description="longest sequence admitted (max-model-len), tokens")
+    concurrency_source: str = Field("pinned", description="pinned (the request's) or searched (the planner's)")
+    prompt_tokens_sd: float | None = Field(None, description="standard deviation of the prompt length")
+    output_tokens_sd: float | None = Field(None, description="standard deviation of the output length")
+    kv_tokens_per_sequence: int | None = Field(
+        None, description="KV tokens reserved per sequence in flight (paged: prompt + half the output + margin)"
+    )
+    token_budget: int | None = Field(None, description="tokens per engine step (decode + prefill chunk)")
+    request_rate: float | None = Field(None, description="requests/s over all replicas the latencies are for")
+    request_rate_source: str | None = Field(None, description="given, or a share of the capacity when none is")
+    engine: str | None = Field(None, description="engine whose KV block size and memory model were assumed")
 
 
 class Degrees(BaseModel):
@@ -70,6 +84,8 @@ class Degrees(BaseModel):
     micro_batches: int = Field(description="micro-batches in flight per replica")
     micro_batch_size: int = Field(description="sequences per micro-batch")
     gpus_used: int
+    ep: int = Field(1, description="expert-parallel degree of MoE layers (1: experts split by TP like dense layers)")
+    attention_dp: int = Field(1, description="data-parallel attention ranks per stage (1: TP attention)")
 
 
 class StageTimes(BaseModel):
@@ -88,7 +104,7 @@ class StageMemory(BaseModel):
 
     model_config = _F
     weights_gib: float
-    kv_cache_gib: float = Field(description="KV cache at the target concurrency and context")
+    kv_cache_gib: float = Field(description="KV cache at the planned batch (paged: mean tokens per sequence)")
     workspace_gib: float = Field(description="largest transient activation of a prefill chunk")
     reserve_gib: float = Field(description="runtime reserve (CUDA context, NCCL, graphs)")
     total_gib: float
@@ -116,6 +132,7 @@ class StagePlan(BaseModel):
         "context (sliding-window layers hold only their window of each sequence)"
     )
     kv_capacity_sequences: float = Field(description="sequences of `context` tokens the stage holds")
+    gpu: str | None = Field(None, description="GPU kind of this stage (mixed clusters)")
 
 
 class Schedule(BaseModel):
@@ -128,6 +145,7 @@ class Schedule(BaseModel):
     bottleneck_stage: int
     bubble_fraction: float = Field(description="share of a cycle the bottleneck stage idles (M < PP)")
     description: str
+    name: str | None = Field(None, description="the schedule's name")
 
 
 class Metrics(BaseModel):
@@ -138,6 +156,10 @@ class Metrics(BaseModel):
     throughput_per_gpu: float
     tpot_ms: float = Field(description="time per output token of one sequence")
     ttft_ms: float = Field(description="time to first token of one request on an idle replica")
+    ttft_p50_ms: float | None = Field(None, description="median TTFT at the request rate (workload.request_rate)")
+    ttft_p90_ms: float | None = Field(None, description="90th-percentile TTFT at the request rate")
+    tokens_per_s_per_user: float | None = Field(None, description="1000 / tpot_ms: output tokens/s one user sees")
+    capacity_requests_per_s: float | None = Field(None, description="requests/s all replicas sustain")
     kv_capacity_tokens: int = Field(
         description="KV tokens per replica the engine can allocate (tightest stage; sequences × context)"
     )
@@ -160,6 +182,7 @@ class Baseline(BaseModel):
     kv_capacity_tokens: int | None = None
     throughput_gain: float | None = Field(None, description="plan / baseline - 1")
     kv_capacity_gain: float | None = Field(None, description="plan / baseline - 1 (tightest stage)")
+    stages: list[BaselineStage] = Field(default_factory=list)
 
 
 class Candidate(BaseModel):
@@ -173,6 +196,36 @@ class Candidate(BaseModel):
     tpot_ms: float
     ttft_ms: float
     slo_met: bool
+    tokens_per_s_per_user: float | None = Field(None, description="1000 / tpot_ms")
+    ttft_p90_ms: float | None = None
+    chosen: bool = Field(False, description="this point is the plan")
+
+
+class UnitCost(BaseModel):
+    """One planning unit of the chosen layout: embedding, a decoder layer, or norm + LM head."""
+
+    model_config = _F
+    index: int
+    name: str
+    kind: str = Field(description="embed, decoder or head")
+    stage: int
+    decode_ms: float = Field(description="one decode step of a micro-batch")
+    prefill_ms: float = Field(description="prefill of one prompt")
+    weights_gib: float = Field(description="per GPU")
+    kv_cache_gib: float = Field(description="per GPU, at the planned batch")
+
+
+class BaselineStage(BaseModel):
+    """Memory per GPU (GiB) and busy time (ms) of one stage of an engine's default cut."""
+
+    model_config = _F
+    weights_gib: float
+    kv_cache_gib: float
+    workspace_gib: float
+    reserve_gib: float
+    total_gib: float
+    limit_gib: float
+    busy_ms: float
 
 
 class Provenance(BaseModel):
@@ -199,6 +252,7 @@ class Plan(BaseModel):
 
     model_config = _F
     schema_version: Literal[1] = 1
+    schema_minor: int = Field(0, description="minor version: 1 adds the searched batch, load and Pareto fields")
     model: ModelIdentity
     model_source: str
     request: dict[str, object] = Field(description="the PlanRequest, as sent")
@@ -215,7 +269,9 @@ class Plan(BaseModel):
     metrics: Metrics
     baselines: list[Baseline]
     runner_ups: list[Candidate]
-    pareto: list[Candidate] = Field(description="best throughput per GPU vs TPOT trade-offs")
+    pareto: list[Candidate] = Field(description="best output tokens/s per GPU vs tokens/s per user (1000 / TPOT)")
+    candidates: list[Candidate] = Field(default_factory=list, description="configurations scored exactly")
+    units: list[UnitCost] = Field(default_factory=list, description="per planning unit, along the model")
     exports: dict[str, dict[str, object]]
     provenance: Provenance
     notes: list[str] = Field(default_factory=list)

@@ -8,6 +8,7 @@ the model name is NFKC-normalised, stripped and case-folded (unless it is a path
 
 from __future__ import annotations
 
+import math
 import re
 import unicodedata
 from typing import Literal
@@ -18,9 +19,12 @@ from ppplan.core.errors import PpplanError, shorten
 from ppplan.core.gpus import GPUSpec, get_gpu
 from ppplan.core.text import check_text, normalize_name
 
-__all__ = ["MAX_GPUS", "Objective", "PlanRequest", "is_model_path", "parse_gpus"]
+__all__ = ["MAX_GPUS", "Engine", "Objective", "PlanRequest", "is_model_path", "parse_gpus"]
 
 Objective = Literal["throughput", "latency", "min-gpus"]
+Engine = Literal["vllm", "sglang", "trtllm"]
+Histogram = tuple[tuple[int, float], ...]
+"""(tokens, weight) pairs of a length distribution"""
 # after NFKC: full-width digits and letters are ASCII, "×" stays a multiplication sign
 _GPUS_RE = re.compile(r"^(\d+)\s*[xX×*]\s*([A-Za-z0-9_.\- ]+?)$")
 _ASCII_COUNT = re.compile(r"[0-9]+", re.ASCII)
@@ -106,7 +110,37 @@ class PlanRequest(BaseModel):
     kv_dtype: Literal["bf16", "fp16", "fp8"] = "bf16"
     prompt_tokens: int = Field(2048, ge=1, le=10_000_000, strict=True, description="prompt length per request")
     output_tokens: int = Field(512, ge=1, le=10_000_000, strict=True, description="generated tokens per request")
-    concurrency: int = Field(64, ge=1, le=1_000_000, strict=True, description="sequences in flight across all replicas")
+    prompt_tokens_sd: float | None = Field(
+        None, ge=0, le=10_000_000, description="standard deviation of the prompt length (default: fixed)"
+    )
+    output_tokens_sd: float | None = Field(
+        None, ge=0, le=10_000_000, description="standard deviation of the output length (default: fixed)"
+    )
+    prompt_tokens_histogram: Histogram | None = Field(
+        None,
+        min_length=1,
+        max_length=4096,
+        description="prompt lengths as (tokens, weight) pairs; overrides prompt_tokens and prompt_tokens_sd",
+    )
+    output_tokens_histogram: Histogram | None = Field(
+        None,
+        min_length=1,
+        max_length=4096,
+        description="output lengths as (tokens, weight) pairs; overrides output_tokens and output_tokens_sd",
+    )
+    concurrency: int | None = Field(
+        None,
+        ge=1,
+        le=1_000_000,
+        strict=True,
+        description="pin the sequences in flight across all replicas (default: searched per configuration)",
+    )
+    request_rate: float | None = Field(
+        None, gt=0, le=1e7, description="requests per second to serve (Poisson arrivals); TTFT is predicted at it"
+    )
+    output_rate: float | None = Field(
+        None, gt=0, le=1e10, description="output tokens per second to serve (the request rate × output tokens)"
+    )
     context: int | None = Field(
         None,
         ge=1,
@@ -130,6 +164,14 @@ class PlanRequest(BaseModel):
     )
     profile: str | None = Field(
         None, max_length=MAX_TEXT, description="a profile file or stored profile id (default: analytic)"
+    )
+    engine: Engine | None = Field(
+        None,
+        description="the serving engine the plan targets: its KV block size and memory model "
+        "(default: vllm's); with kernel_db, whose measured kernels to use",
+    )
+    kernel_db: Literal["aiconfigurator"] | None = Field(
+        None, description="compose unit times from a measured kernel database (needs ppplan[kerneldb])"
     )
     solver: Literal["dp", "cpsat"] = Field(
         "dp",
@@ -167,6 +209,12 @@ class PlanRequest(BaseModel):
                 rule=f"{self.context} tokens cannot hold prompt_tokens + output_tokens = "
                 f"{self.prompt_tokens + self.output_tokens}; raise context or leave it unset",
             )
+        if self.request_rate is not None and self.output_rate is not None:
+            raise PpplanError(
+                "output_rate", rule="give request_rate or output_rate, not both (output_rate = request_rate × output)"
+            )
+        for name in ("prompt_tokens_histogram", "output_tokens_histogram"):
+            _check_histogram(name, getattr(self, name))
         count, _ = parse_gpus(self.gpus)
         if self.nodes is not None and self.nodes > count:
             raise PpplanError("nodes", rule=f"{self.nodes} nodes cannot hold {count} GPUs (at least one GPU per node)")
@@ -189,6 +237,25 @@ class PlanRequest(BaseModel):
         return self
 
     @property
+    def rate(self) -> float | None:
+        """Requests per second to serve: request_rate, or output_rate / mean output tokens."""
+        if self.request_rate is not None:
+            return self.request_rate
+        if self.output_rate is not None:
+            return self.output_rate / self.mean_output_tokens
+        return None
+
+    @property
+    def mean_prompt_tokens(self) -> float:
+        """Mean prompt length, tokens (the histogram's when given)."""
+        return _hist_mean(self.prompt_tokens_histogram) if self.prompt_tokens_histogram else float(self.prompt_tokens)
+
+    @property
+    def mean_output_tokens(self) -> float:
+        """Mean output length, tokens (the histogram's when given)."""
+        return _hist_mean(self.output_tokens_histogram) if self.output_tokens_histogram else float(self.output_tokens)
+
+    @property
     def gpu_count(self) -> int:
         """Number of GPUs in the cluster."""
         return parse_gpus(self.gpus)[0]
@@ -200,5 +267,34 @@ class PlanRequest(BaseModel):
 
     @property
     def kv_context(self) -> int:
-        """KV tokens per sequence the memory check reserves."""
-        return self.context if self.context is not None else self.prompt_tokens + self.output_tokens
+        """Longest sequence the engine must admit, tokens (its max-model-len): ``context`` when given,
+        else the longest prompt + output of the workload (a histogram's largest, or mean + 3 sd)."""
+        if self.context is not None:
+            return self.context
+        return _longest(self.prompt_tokens, self.prompt_tokens_sd, self.prompt_tokens_histogram) + _longest(
+            self.output_tokens, self.output_tokens_sd, self.output_tokens_histogram
+        )
+
+
+def _hist_mean(h: Histogram) -> float:
+    total = sum(w for _, w in h)
+    return sum(t * w for t, w in h) / total
+
+
+def _longest(mean: int, sd: float | None, hist: Histogram | None) -> int:
+    """Tokens the longest request of a length distribution needs (a tail bound, see :attr:`kv_context`)."""
+    if hist:
+        return max(t for t, w in hist if w > 0)
+    return mean + math.ceil(3 * sd) if sd else mean
+
+
+def _check_histogram(name: str, hist: Histogram | None) -> None:
+    if hist is None:
+        return
+    for tokens, weight in hist:
+        if not 1 <= tokens <= 10_000_000:
+            raise PpplanError(name, value=tokens, rule="every length must be between 1 and 10,000,000 tokens")
+        if not weight >= 0 or not math.isfinite(weight):
+            raise PpplanError(name, value=weight, rule="every weight must be a finite number ≥ 0")
+    if sum(w for _, w in hist) <= 0:
+        raise PpplanError(name, rule="the weights must not all be 0")

@@ -1,4 +1,4 @@
-"""The outer search: TP × PP × replicas × micro-batches, each scored with its exact stage cut.
+"""The outer search: TP × PP × replicas × batch, each scored with its exact stage cut.
 
 For every layout (:mod:`partitioner.space`) the inner problem (contiguous decoder layers into PP
 stages, embedding on the first, norm + LM head on the last) is solved exactly by
@@ -13,12 +13,13 @@ import time
 
 from ppplan.core.model_source import ModelSource
 from ppplan.core.profile import Profile
-from ppplan.partitioner.assembly import SolverReport, build_plan, explain_infeasible
-from ppplan.partitioner.bounds import RUNNER_UPS, branch_and_bound, pareto
+from ppplan.partitioner.assembly import SolverReport, build_plan, explain_infeasible, explain_slo_miss
+from ppplan.partitioner.batch import BatchSearch
+from ppplan.partitioner.bounds import RUNNER_UPS, branch_and_bound, optimistic, pareto
 from ppplan.partitioner.costs import Costs, Evaluation
 from ppplan.partitioner.plan import Plan
 from ppplan.partitioner.request import PlanRequest
-from ppplan.partitioner.space import InfeasibleError, PlanningError, Setup, check_request, layouts, valid_tp_degrees
+from ppplan.partitioner.space import InfeasibleError, PlanningError, Setup, check_request, degrees, valid_tp_degrees
 
 __all__ = ["SOLVER", "InfeasibleError", "PlanningError", "plan_model", "valid_tp_degrees"]
 
@@ -35,34 +36,44 @@ def plan_model(req: PlanRequest, profile: Profile, source: ModelSource) -> Plan:
         source: where the model came from (for engine commands and hints).
 
     Raises:
-        PlanningError: a pinned degree the model does not allow, a profile that does not match.
+        PlanningError: a pinned degree the model does not allow, a profile that does not match; no
+            configuration meets the SLOs (field ``slo``: the SLO, the best value reached, what to
+            change), unless the concurrency is pinned (then the plan says it misses them).
         InfeasibleError: no configuration fits in memory (the message says how much is needed).
     """
     t0 = time.perf_counter()
     setup = Setup.of(req, profile)
     tps = check_request(req, profile, setup)
     costs = Costs(req, profile, setup)
-    found = branch_and_bound(costs, list(layouts(req, setup, tps)))
+    degs = list(degrees(req, setup, tps))
+    batches = BatchSearch(costs, optimistic)
+    found = branch_and_bound(costs, degs, batches)
     evals = found.evaluations
     if not evals:
         raise explain_infeasible(costs, source, found.infeasible)
+    if not evals[0].slo_met and req.concurrency is None:
+        raise explain_slo_miss(costs, evals[0])
     best = costs.evaluate(evals[0].layout, final=True)
     solver = SolverReport(name=SOLVER, optimal=True, gap=0.0)
     if req.solver == "cpsat":
         best, solver = _resolve_with_cpsat(costs, best)
     evals = [best, *evals[1:]]
+    front = pareto(costs, degs, batches, [best])
     solve_ms = (time.perf_counter() - t0) * 1e3
-    return build_plan(costs, source, best, solver, _runner_ups(evals), pareto(evals), solve_ms)
+    return build_plan(
+        costs, source, best, solver, _runner_ups(evals), front, batches.exact_evaluations, batches.mode, solve_ms
+    )
 
 
 def _runner_ups(evals: list[Evaluation]) -> list[Evaluation]:
-    """The best evaluation of each next-best degrees (TP, PP, replicas), up to ``RUNNER_UPS``."""
-    seen = {evals[0].layout.degrees}
+    """The best evaluation of each next-best TP × PP, up to ``RUNNER_UPS`` (replicas of one TP × PP
+    have the same per-GPU figures: one of them is a runner-up)."""
+    seen = {evals[0].layout.degrees[:2]}
     out: list[Evaluation] = []
     for e in evals[1:]:
-        if e.layout.degrees in seen:
+        if e.layout.degrees[:2] in seen:
             continue
-        seen.add(e.layout.degrees)
+        seen.add(e.layout.degrees[:2])
         out.append(e)
         if len(out) == RUNNER_UPS:
             break
@@ -78,7 +89,7 @@ def _resolve_with_cpsat(costs: Costs, best: Evaluation) -> tuple[Evaluation, Sol
         return best, SolverReport(
             name=f"cp-sat {res.status} ({res.reason}); dp-exact-v1 cut kept", optimal=True, gap=0.0
         )
-    adopted = costs.scored(best.layout, res.bottleneck, res.sizes)
+    adopted = costs.scored(best.layout, res.bottleneck, res.sizes, exact=True)
     report = SolverReport(
         name=f"cp-sat ({res.status}, hinted with the DP cut, {res.wall_s * 1e3:.0f} ms)",
         optimal=res.status == "optimal",

@@ -1,9 +1,9 @@
 """The candidate space of the outer search: which TP × PP × replicas × micro-batch layouts exist.
 
 TP degrees follow the engines' rule (:func:`valid_tp_degrees`), PP runs from 1 to the decoder
-layers, replicas fill the cluster without splitting a replica across a node it fits in, and the
-micro-batch count is chosen from a few values around PP (fewer than PP leaves bubbles, more than
-2 × PP only shrinks each micro-batch).
+layers, replicas fill the cluster without splitting a replica across a node it fits in. The
+sequences per replica are searched (:mod:`partitioner.batch`) or pinned; they run as PP micro-batches
+(fewer leave bubbles; more only shrink each micro-batch, so M = PP is the best split of a batch).
 """
 
 from __future__ import annotations
@@ -19,13 +19,19 @@ from ppplan.partitioner.request import PlanRequest
 
 __all__ = [
     "GIB",
+    "KV_BLOCK_TOKENS",
+    "KV_TAIL_MARGIN",
+    "MAX_SEQUENCES",
     "InfeasibleError",
     "Layout",
     "PlanningError",
     "Setup",
     "check_request",
+    "degrees",
     "inter_node",
+    "layout_of",
     "layouts",
+    "paged_kv_tokens",
     "valid_tp_degrees",
 ]
 
@@ -51,7 +57,7 @@ class Layout:
     micro_batch_size: int
     """sequences per micro-batch"""
     sequences: int
-    """sequences per replica (the request's concurrency spread over the replicas)"""
+    """sequences per replica (searched, or the pinned concurrency spread over the replicas)"""
 
     @property
     def gpus(self) -> int:
@@ -62,6 +68,17 @@ class Layout:
     def degrees(self) -> tuple[int, int, int]:
         """(TP, PP, replicas): the layout without its micro-batching."""
         return (self.tp, self.pp, self.replicas)
+
+
+#: KV-cache block of each engine's paged allocator, tokens (vLLM's default block size, SGLang's
+#: token-granular pool, TensorRT-LLM's default tokens_per_block)
+KV_BLOCK_TOKENS = {"vllm": 16, "sglang": 1, "trtllm": 32}
+#: headroom over the mean KV a sequence holds, so that sequences longer than average do not exhaust
+#: the block pool (the engines then preempt and recompute)
+KV_TAIL_MARGIN = 0.10
+#: most sequences per replica the batch search considers: the engines' largest scheduler default
+#: (vLLM's max_num_seqs on H100-class GPUs); a pinned concurrency may exceed it
+MAX_SEQUENCES = 1024
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -76,11 +93,19 @@ class Setup:
     layers: int
     """decoder layers of the model"""
     prompt_tokens: int
+    """mean prompt length, tokens"""
     output_tokens: int
+    """mean output length, tokens"""
     context: int
-    """tokens of KV cache per sequence (prompt + output, or the request's context)"""
+    """longest sequence the engine admits (its max-model-len), tokens"""
+    kv_tokens: int
+    """KV tokens reserved per sequence in flight: ``context`` when the request pins it, else the
+    paged average (prompt + half the output, the tail margin, rounded up to the engine's block)"""
     decode_context: int
     """mean cached tokens while decoding"""
+    token_budget: int
+    """tokens one engine step processes (decode + prefill chunk), vLLM's --max-num-batched-tokens"""
+    engine: str
     usable_bytes: float
     """bytes per GPU the engine may use (utilisation × HBM)"""
     reserve_bytes: float
@@ -97,20 +122,32 @@ class Setup:
         """The setup of ``req`` planned with ``profile``."""
         count = req.gpu_count
         gpn = count // req.nodes if req.nodes is not None else min(req.gpu.gpus_per_node, count)
+        p, o = req.mean_prompt_tokens, req.mean_output_tokens
+        engine = req.engine or "vllm"
         return cls(
             gpu=req.gpu,
             count=count,
             gpus_per_node=gpn,
             nodes=math.ceil(count / gpn),
             layers=profile.model.num_layers,
-            prompt_tokens=req.prompt_tokens,
-            output_tokens=req.output_tokens,
+            prompt_tokens=max(1, round(p)),
+            output_tokens=max(1, round(o)),
             context=req.kv_context,
-            decode_context=req.prompt_tokens + req.output_tokens // 2,
+            kv_tokens=req.context if req.context is not None else paged_kv_tokens(p + o / 2, engine),
+            decode_context=max(1, round(p + o / 2)),
+            token_budget=req.prefill_chunk_tokens,
+            engine=engine,
             usable_bytes=req.gpu_memory_utilization * req.gpu.hbm_bytes,
             reserve_bytes=req.runtime_reserve_gib * GIB,
             tied_embeddings=profile.model.tie_word_embeddings,
         )
+
+
+def paged_kv_tokens(mean_tokens: float, engine: str) -> int:
+    """KV tokens to reserve per sequence holding ``mean_tokens`` on average: the tail margin, then
+    rounded up to whole blocks of the engine's paged allocator."""
+    block = KV_BLOCK_TOKENS.get(engine, 16)
+    return block * math.ceil(mean_tokens * (1 + KV_TAIL_MARGIN) / block)
 
 
 def valid_tp_degrees(num_heads: int, num_kv_heads: int, gpus_per_node: int, gpu_count: int) -> list[int]:
@@ -176,24 +213,37 @@ def _replica_options(setup: Setup, tp: int, pp: int) -> range:
     return range(1, r_max + 1)
 
 
-def _micro_batch_options(pp: int, sequences: int) -> list[int]:
-    opts = {1, max(1, pp // 2), pp, 2 * pp} if pp > 1 else {1}
-    return sorted(m for m in opts if m <= sequences)
+def layout_of(tp: int, pp: int, replicas: int, sequences: int) -> Layout:
+    """The layout of ``sequences`` per replica on TP × PP × replicas: PP micro-batches in flight (fewer
+    only when there are fewer sequences), the sequences spread evenly over them."""
+    m = max(1, min(pp, sequences))
+    return Layout(
+        tp=tp,
+        pp=pp,
+        replicas=replicas,
+        micro_batches=m,
+        micro_batch_size=math.ceil(sequences / m),
+        sequences=sequences,
+    )
 
 
-def layouts(req: PlanRequest, setup: Setup, tps: list[int]) -> Iterator[Layout]:
-    """Every layout of the search space, in a fixed order (TP, PP, replicas, micro-batches)."""
+def degrees(req: PlanRequest, setup: Setup, tps: list[int]) -> Iterator[tuple[int, int, int]]:
+    """Every (TP, PP, replicas) of the search space, in a fixed order."""
     for t in tps:
         pps = [req.pp] if req.pp is not None else list(range(1, min(setup.layers, setup.count // t) + 1))
         for p in pps:
             if t * p > setup.count:
                 continue
             for r in _replica_options(setup, t, p):
-                seqs = math.ceil(req.concurrency / r)
-                for m in _micro_batch_options(p, seqs):
-                    yield Layout(
-                        tp=t, pp=p, replicas=r, micro_batches=m, micro_batch_size=math.ceil(seqs / m), sequences=seqs
-                    )
+                yield (t, p, r)
+
+
+def layouts(req: PlanRequest, setup: Setup, tps: list[int]) -> Iterator[Layout]:
+    """The layouts of a pinned concurrency: every (TP, PP, replicas) with the request's sequences
+    spread over the replicas."""
+    assert req.concurrency is not None
+    for t, p, r in degrees(req, setup, tps):
+        yield layout_of(t, p, r, math.ceil(req.concurrency / r))
 
 
 def inter_node(setup: Setup, tp: int, pp: int, replicas: int) -> list[bool]:

@@ -27,7 +27,8 @@ __all__ = ["REDERIVED", "edited_cut_ranges", "validate_plan"]
 REDERIVED = (
     "stage ranges, units and modules from the partition; each stage's memory total from its parts, "
     "free = limit − total and the fit; last-stage busy = decode + (b / output tokens) × prefill; "
-    "cycle = max(M, PP) × slowest busy, TPOT, throughput, throughput per GPU and KV capacity; "
+    "cycle = max(M, PP) × slowest busy, TPOT and throughput (without a request rate), throughput per GPU "
+    "and KV capacity; "
     "exports and baselines against the partition"
 )
 """What :func:`validate_plan` recomputes from the plan's own numbers (``ppplan validate`` prints it)."""
@@ -36,6 +37,8 @@ _MAX_COUNT = 2**53
 """largest count (layers, GPUs, sequences) taken at face value: beyond it floats lose integers"""
 
 _REL = 1e-6
+_OPTIONAL_METRICS = frozenset({"ttft_p50_ms", "ttft_p90_ms", "tokens_per_s_per_user", "capacity_requests_per_s"})
+"""metrics a plan may leave null (no finite latency under an overload, plans before schema minor 1)"""
 
 
 def _close(a: float, b: float) -> bool:
@@ -77,11 +80,18 @@ def _range_problems(plan: dict[str, Any]) -> list[str]:
     checks += [_count_problem("degrees.micro_batch_size", deg["micro_batch_size"])]
     checks += [_count_problem(f"degrees.{k}", deg[k]) for k in ("gpus_used",)]
     checks += [_count_problem(f"cluster.{k}", plan["cluster"][k]) for k in ("count", "nodes", "gpus_per_node")]
-    checks += [_count_problem(f"workload.{k}", v) for k, v in plan["workload"].items()]
+    checks += [
+        _count_problem(f"workload.{k}", plan["workload"][k])
+        for k in ("prompt_tokens", "output_tokens", "concurrency", "context")
+    ]
     checks += [_count_problem("model.num_layers", plan["model"]["num_layers"])]
     checks += [_count_problem(f"partition[{i}]", n, low=0) for i, n in enumerate(plan["partition"])]
     checks += [_number_problem("schedule.cycle_ms", plan["schedule"]["cycle_ms"], positive=True)]
-    checks += [_number_problem(f"metrics.{k}", v) for k, v in plan["metrics"].items() if k.endswith(("_s", "_ms"))]
+    checks += [
+        _number_problem(f"metrics.{k}", v)
+        for k, v in plan["metrics"].items()
+        if k.endswith(("_s", "_ms")) and (v is not None or k not in _OPTIONAL_METRICS)
+    ]
     checks += [_number_problem("metrics.throughput_per_gpu", plan["metrics"]["throughput_per_gpu"])]
     checks += [_count_problem("metrics.kv_capacity_tokens", plan["metrics"]["kv_capacity_tokens"], low=0)]
     for k, s in enumerate(stages):
@@ -213,7 +223,9 @@ def _schedule_problems(plan: dict[str, Any], cut: CutEvaluation) -> list[str]:
     cycle = max(deg["micro_batches"], deg["pp"]) * cut.bottleneck
     if not _close(cycle, sched["cycle_ms"]):
         out.append(f"schedule.cycle_ms: {sched['cycle_ms']}, max(M, PP) × slowest = {cycle}")
-    if not _close(m["tpot_ms"], sched["cycle_ms"]):
+    # with a request rate, TPOT and throughput are at that rate (the queueing model), not the cycle's
+    at_rate = plan["workload"].get("request_rate_source") == "given"
+    if not at_rate and not _close(m["tpot_ms"], sched["cycle_ms"]):
         out.append(f"metrics.tpot_ms: {m['tpot_ms']}, cycle {sched['cycle_ms']}")
     per_replica = math.ceil(plan["workload"]["concurrency"] / deg["replicas"])
     if deg["micro_batches"] * deg["micro_batch_size"] < per_replica:
@@ -221,7 +233,7 @@ def _schedule_problems(plan: dict[str, Any], cut: CutEvaluation) -> list[str]:
             f"degrees: {deg['micro_batches']} × {deg['micro_batch_size']} sequences hold fewer than {per_replica}"
         )
     thr = per_replica * deg["replicas"] / (sched["cycle_ms"] / 1e3)
-    if not _close(thr, m["throughput_tokens_per_s"]):
+    if not at_rate and not _close(thr, m["throughput_tokens_per_s"]):
         out.append(
             f"metrics.throughput_tokens_per_s: {m['throughput_tokens_per_s']}, sequences × replicas / cycle = {thr}"
         )

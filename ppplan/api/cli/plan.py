@@ -9,13 +9,15 @@ from typing import Annotated, Any
 import typer
 from pydantic import ValidationError
 from rich.markup import escape
-from rich.table import Table
 
 from ppplan.api.cli.common import console, fail, load_profile_arg, user_errors, write_json
+from ppplan.api.cli.plan_view import print_plan
+from ppplan.core.errors import PpplanError
 from ppplan.partitioner.exports import ENGINE_FORMATS, render_export
 from ppplan.partitioner.plan import Plan
 from ppplan.partitioner.request import PlanRequest
 from ppplan.partitioner.validate import REDERIVED, validate_plan
+from ppplan.partitioner.workload import parse_token_dist, parse_workload
 from ppplan.profiler.configs import preset_name
 from ppplan.profiler.files import read_input_text
 from ppplan.profiler.resolve import plan_request
@@ -23,6 +25,35 @@ from ppplan.profiler.resolve import plan_request
 __all__ = ["commands", "print_plan"]
 
 commands = typer.Typer()
+
+
+DEFAULT_PROMPT_TOKENS = 2048
+DEFAULT_OUTPUT_TOKENS = 512
+SLO_MISSED_EXIT = 3
+"""Exit status of ``ppplan plan`` when the plan it prints misses an SLO (a pinned concurrency)."""
+
+
+def _lengths(text: str | None, default: int, field: str) -> tuple[int, float | None]:
+    """``--prompt-tokens``/``--output-tokens``: ``N`` or ``MEAN±SD`` as (mean tokens, sd or None)."""
+    if text is None:
+        return default, None
+    dist = parse_token_dist(text, field)
+    if dist.mean != int(dist.mean):
+        raise PpplanError(field, value=text, rule="the mean must be a whole number of tokens")
+    return int(dist.mean), dist.sd or None
+
+
+def _workload_fields(path: Path) -> dict[str, Any]:
+    """The request fields of a ``--workload FILE``: means, standard deviations, histograms."""
+    wl = parse_workload(read_input_text(path, "workload"), "workload")
+    return {
+        "prompt_tokens": max(1, round(wl.prompt.mean)),
+        "output_tokens": max(1, round(wl.output.mean)),
+        "prompt_tokens_sd": None if wl.prompt.histogram else wl.prompt.sd or None,
+        "output_tokens_sd": None if wl.output.histogram else wl.output.sd or None,
+        "prompt_tokens_histogram": wl.prompt.histogram,
+        "output_tokens_histogram": wl.output.histogram,
+    }
 
 
 @commands.command()
@@ -33,17 +64,35 @@ def plan(
     nodes: Annotated[int | None, typer.Option(help="nodes the GPUs are spread over")] = None,
     weight_dtype: Annotated[str, typer.Option(help="bf16, fp16, fp8, int8, int4")] = "bf16",
     kv_dtype: Annotated[str, typer.Option(help="bf16, fp16, fp8")] = "bf16",
-    prompt_tokens: Annotated[int, typer.Option(help="prompt length per request")] = 2048,
-    output_tokens: Annotated[int, typer.Option(help="generated tokens per request")] = 512,
-    concurrency: Annotated[int, typer.Option(help="sequences in flight over all replicas")] = 64,
-    context: Annotated[int | None, typer.Option(help="KV tokens per sequence (default prompt+output)")] = None,
+    prompt_tokens: Annotated[
+        str | None, typer.Option(help=f"prompt length per request: N or MEAN±SD [default: {DEFAULT_PROMPT_TOKENS}]")
+    ] = None,
+    output_tokens: Annotated[
+        str | None, typer.Option(help=f"output length per request: N or MEAN±SD [default: {DEFAULT_OUTPUT_TOKENS}]")
+    ] = None,
+    workload: Annotated[
+        Path | None, typer.Option(help="JSON file of prompt/output length distributions (replaces the lengths)")
+    ] = None,
+    concurrency: Annotated[
+        int | None, typer.Option(help="pin the sequences in flight over all replicas (default: searched)")
+    ] = None,
+    request_rate: Annotated[float | None, typer.Option(help="requests/s to serve (Poisson arrivals)")] = None,
+    output_rate: Annotated[float | None, typer.Option(help="output tokens/s to serve")] = None,
+    context: Annotated[int | None, typer.Option(help="KV tokens per sequence to reserve (max-model-len)")] = None,
     objective: Annotated[str, typer.Option(help="throughput, latency or min-gpus")] = "throughput",
     max_tpot_ms: Annotated[float | None, typer.Option(help="SLO: max time per output token, ms")] = None,
-    max_ttft_ms: Annotated[float | None, typer.Option(help="SLO: max time to first token, ms")] = None,
+    max_ttft_ms: Annotated[float | None, typer.Option(help="SLO: max p90 time to first token under load, ms")] = None,
     tp: Annotated[int | None, typer.Option(help="pin the tensor-parallel degree")] = None,
     pp: Annotated[int | None, typer.Option(help="pin the pipeline-parallel degree")] = None,
     gpu_memory_utilization: Annotated[float, typer.Option(help="share of HBM the engine uses")] = 0.9,
     runtime_reserve_gib: Annotated[float, typer.Option(help="per-GPU runtime reserve, GiB")] = 2.0,
+    prefill_chunk_tokens: Annotated[
+        int, typer.Option(help="tokens per engine step (vLLM --max-num-batched-tokens)")
+    ] = 8192,
+    engine: Annotated[str | None, typer.Option(help="vllm, sglang or trtllm: KV blocks, kernel tables")] = None,
+    kernel_db: Annotated[
+        str | None, typer.Option(help="aiconfigurator: unit times from its measured kernels (ppplan[kerneldb])")
+    ] = None,
     profile: Annotated[
         str | None,
         typer.Option(
@@ -52,22 +101,40 @@ def plan(
         ),
     ] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="write Plan JSON v1 here ('-' = stdout)")] = None,
+    html: Annotated[Path | None, typer.Option(help="write the plan as one self-contained HTML page")] = None,
     export: Annotated[str | None, typer.Option(help=f"print engine settings: {', '.join(ENGINE_FORMATS)}")] = None,
     save: Annotated[bool, typer.Option(help="store the plan in the local database")] = True,
     solver: Annotated[str, typer.Option(help="cut solver: dp (exact) or cpsat (OR-Tools, gap reported)")] = "dp",
+    wide: Annotated[bool, typer.Option(help="every column (wider than 100 characters)")] = False,
 ) -> None:
-    """Plan TP/PP degrees, replicas and the exact stage cut for MODEL on GPUS."""
+    """Plan TP/PP degrees, replicas, the batch and the exact stage cut for MODEL on GPUS.
+
+    Exit status: 0 a plan that meets its SLOs; 2 bad input, nothing fits, or nothing meets the SLOs
+    (the error says the best value reached and what would help); 3 a plan printed that misses an SLO
+    (only with a pinned --concurrency).
+    """
     if export is not None and export not in ENGINE_FORMATS:
         fail(f"export: {export!r} is not one of {', '.join(ENGINE_FORMATS)}")
+    p_mean, p_sd = _lengths(prompt_tokens, DEFAULT_PROMPT_TOKENS, "prompt_tokens")
+    o_mean, o_sd = _lengths(output_tokens, DEFAULT_OUTPUT_TOKENS, "output_tokens")
+    lengths: dict[str, Any] = {
+        "prompt_tokens": p_mean,
+        "output_tokens": o_mean,
+        "prompt_tokens_sd": p_sd,
+        "output_tokens_sd": o_sd,
+    }
+    if workload is not None:
+        lengths = _workload_fields(workload)
     req = PlanRequest(
         model=preset_name(model) or model,  # a hub id and the preset's name are one request
         gpus=gpus,
         nodes=nodes,
         weight_dtype=weight_dtype,
         kv_dtype=kv_dtype,
-        prompt_tokens=prompt_tokens,
-        output_tokens=output_tokens,
+        **lengths,
         concurrency=concurrency,
+        request_rate=request_rate,
+        output_rate=output_rate,
         context=context,
         objective=objective,
         max_tpot_ms=max_tpot_ms,
@@ -76,6 +143,9 @@ def plan(
         pp=pp,
         gpu_memory_utilization=gpu_memory_utilization,
         runtime_reserve_gib=runtime_reserve_gib,
+        prefill_chunk_tokens=prefill_chunk_tokens,
+        engine=engine,
+        kernel_db=kernel_db,
         profile=profile,
         solver=solver,
     )
@@ -87,124 +157,27 @@ def plan(
         from ppplan.api.store_lookup import save_plan_from_cli  # lazy: --no-save must not import SQLAlchemy
 
         plan_id = save_plan_from_cli(req, result, prof)
+    if html is not None:
+        from ppplan.api.web import render_html  # lazy: the page renderer is only for --html
+
+        write_json(html, render_html(data), field="html")
+    missed = not data["metrics"]["slo_met"]
     if json_out is not None:
         write_json(json_out, json.dumps(data, indent=1), field="json")
-        if str(json_out) == "-":
-            return
     if export:
         print(render_export(data, export))
-        return
-    print_plan(data, plan_id)
-
-
-def print_plan(d: dict[str, Any], plan_id: str | None = None) -> None:
-    """A readable summary of a Plan JSON dict."""
-    deg, m, c = d["degrees"], d["metrics"], d["cluster"]
-    head = (
-        f"[bold]{d['model']['name']}[/] ({d['weight_dtype']} weights, {d['kv_dtype']} KV) on "
-        f"{c['count']}× {c['gpu']} ({c['nodes']} node(s)) — objective {d['objective']}"
-    )
-    console.print(head)
-    console.print(
-        f"TP {deg['tp']} × PP {deg['pp']} × {deg['replicas']} replica(s), {deg['micro_batches']} "
-        f"micro-batch(es) of {deg['micro_batch_size']}; partition {d['partition']}"
-    )
-    console.print(
-        f"throughput {m['throughput_tokens_per_s']:.0f} tok/s ({m['throughput_per_gpu']:.0f}/GPU), "
-        f"TPOT {m['tpot_ms']:.2f} ms, TTFT {m['ttft_ms']:.1f} ms, bubble "
-        f"{d['schedule']['bubble_fraction']:.0%}, KV capacity {m['kv_capacity_tokens']:,} tokens "
-        f"(≈{m['max_concurrency']:.0f} sequences of {d['workload']['context']}) per replica"
-        + ("" if m["slo_met"] else " [red](SLO not met)[/]")
-    )
-    t = Table(title="stages (per GPU)")
-    for col in (
-        "stage",
-        "layers",
-        "n",
-        "embed/head",
-        "decode ms",
-        "prefill ms",
-        "busy ms",
-        "weights GiB",
-        "KV GiB",
-        "work GiB",
-        "total/limit GiB",
-        "free GiB",
-        "KV tokens",
-    ):
-        t.add_column(col, justify="right")
-    for s in d["stages"]:
-        eh = ("E" if s["has_embedding"] else "") + ("H" if s["has_lm_head"] else "")
-        mem = s["memory"]
-        t.add_row(
-            str(s["index"]),
-            f"{s['decoder_layers'][0]}–{s['decoder_layers'][1]}",
-            str(s["num_decoder_layers"]),
-            eh or "-",
-            f"{s['times']['decode_ms']:.3f}",
-            f"{s['times']['prefill_ms']:.2f}",
-            f"{s['times']['busy_ms']:.3f}",
-            f"{mem['weights_gib']:.2f}",
-            f"{mem['kv_cache_gib']:.2f}",
-            f"{mem['workspace_gib']:.2f}",
-            f"{mem['total_gib']:.1f}/{mem['limit_gib']:.1f}",
-            f"{mem['free_gib']:.1f}",
-            f"{s['kv_capacity_tokens']:,}",
-        )
-    console.print(t)
-    b = Table(title="engine defaults with the same degrees")
-    for col in ("engine", "partition", "fits", "tok/s", "gain", "KV tokens", "KV gain"):
-        b.add_column(col, justify="right")
-    for x in d["baselines"]:
-        fits = "yes" if x["feasible"] else f"no: {x['reason']}"
-        thr = f"{x['throughput_tokens_per_s']:.0f}" if x["throughput_tokens_per_s"] else "-"
-        gain = f"{x['throughput_gain']:+.1%}" if x["throughput_gain"] is not None else "-"
-        kvg = f"{x['kv_capacity_gain']:+.1%}" if x["kv_capacity_gain"] is not None else "-"
-        b.add_row(
-            x["engine"],
-            ",".join(map(str, x["partition"])),
-            fits,
-            thr,
-            gain,
-            f"{x['kv_capacity_tokens']:,}" if x["kv_capacity_tokens"] is not None else "-",
-            kvg,
-        )
-    console.print(b)
-    if d["runner_ups"]:
-        r = Table(title="runner-ups")
-        for col in ("TP", "PP", "replicas", "M", "tok/s", "tok/s/GPU", "TPOT ms", "TTFT ms", "SLO"):
-            r.add_column(col, justify="right")
-        for x in d["runner_ups"]:
-            g = x["degrees"]
-            r.add_row(
-                str(g["tp"]),
-                str(g["pp"]),
-                str(g["replicas"]),
-                str(g["micro_batches"]),
-                f"{x['throughput_tokens_per_s']:.0f}",
-                f"{x['throughput_per_gpu']:.0f}",
-                f"{x['tpot_ms']:.2f}",
-                f"{x['ttft_ms']:.1f}",
-                "yes" if x["slo_met"] else "no",
+    elif json_out is None or str(json_out) != "-":
+        defaults = [
+            f"--{name.replace('_', '-')} {default}"
+            for name, given, default in (
+                ("prompt_tokens", prompt_tokens is not None or workload is not None, DEFAULT_PROMPT_TOKENS),
+                ("output_tokens", output_tokens is not None or workload is not None, DEFAULT_OUTPUT_TOKENS),
             )
-        console.print(r)
-    pv = d["provenance"]
-    pareto = ", ".join(
-        f"TP{x['degrees']['tp']}×PP{x['degrees']['pp']}×{x['degrees']['replicas']}: "
-        f"{x['throughput_per_gpu']:.0f} tok/s/GPU @ {x['tpot_ms']:.1f} ms"
-        for x in d["pareto"][:6]
-    )
-    console.print(f"Pareto (throughput/GPU vs TPOT): {pareto}", highlight=False)
-    console.print(
-        f"predicted by {m['predicted_by']}; solver {pv['solver']}, optimal={pv['optimal']} "
-        f"(gap {pv.get('gap', 0.0):.2%}), "
-        f"{pv['configs_evaluated']} cuts solved in {pv['solve_time_ms']:.1f} ms",
-        highlight=False,
-    )
-    for n in d.get("notes", []):
-        console.print(f"note: {n}", highlight=False)
-    if plan_id:
-        console.print(f"plan id: [bold]{plan_id}[/]")
+            if not given
+        ]
+        print_plan(data, plan_id, wide=wide, defaults=defaults)
+    if missed:
+        raise typer.Exit(SLO_MISSED_EXIT)
 
 
 @commands.command()
