@@ -181,7 +181,11 @@ class BatchSearch:
                 return self.exact(d, b)
             if not self.costs.fits(d[0], d[1], self.layout(d, b).sequences):
                 break
-        return e
+        if e.feasible:
+            return e
+        # nothing meets the SLOs and the optimistic batch does not fit any cut: the largest that does
+        i = _largest(lambda j: self.exact(d, grid[j]).feasible, 0, pos)
+        return self.exact(d, grid[0 if i is None else i])
 
     def refine(self, e: Evaluation) -> Evaluation:
         """``e`` (a grid choice) moved to the exact boundary between its grid neighbours: the largest
