@@ -14,7 +14,7 @@ from fastapi import FastAPI
 from ppplan.api.http_errors import install_handlers
 from ppplan.api.jobs import JobRunner, install_queue_handler
 from ppplan.api.limits import install_body_limit
-from ppplan.api.routes import api_router, health
+from ppplan.api.routes import api_router, health, pages
 from ppplan.api.security_middleware import install_security
 from ppplan.api.settings import Settings, get_settings
 from ppplan.api.store.migrate import StoreNotReadyError
@@ -57,6 +57,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_queue_handler(app)
     app.include_router(health.router)
     app.include_router(api_router, prefix="/v1")
+    app.include_router(pages.router)  # the web pages (docs/web.md), not in the OpenAPI document
     _document_bearer(app)
     install_body_limit(app)  # 413 before anything reads a body (inside the Host and token checks)
     install_security(app, settings)  # last, so outermost: Host and token checked before anything else runs

@@ -12,11 +12,12 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from ppplan.api.cli.common import console, err_console, fail, user_errors
+from ppplan.api.cli.common import console, err_console, fail, user_errors, write_json
 from ppplan.api.cli.plan import print_plan
 from ppplan.api.redact import redact
 from ppplan.api.security import serve_security
 from ppplan.api.settings import get_settings
+from ppplan.core.errors import PpplanError
 from ppplan.core.gpus import get_gpu
 from ppplan.partitioner.exports import EXPORT_FORMATS, render_export
 
@@ -104,13 +105,43 @@ def _load(plan_id: str) -> dict[str, object]:
 def plans_show(
     plan_id: Annotated[str, typer.Argument(help="plan id (from `ppplan plans list`)")],
     as_json: Annotated[bool, typer.Option("--json", help="print Plan JSON v1")] = False,
+    svg: Annotated[
+        Path | None, typer.Option("--svg", metavar="DIR", help="write one SVG per chart into DIR (created if missing)")
+    ] = None,
 ) -> None:
     """Show a stored plan."""
     d = _load(plan_id)
+    if svg is not None:
+        for path in _write_svgs(d, svg):
+            console.print(str(path), highlight=False, soft_wrap=True)
+        return
     if as_json:
         print(json.dumps(d, indent=1))
         return
     print_plan(d, plan_id)
+
+
+def _write_svgs(plan: dict[str, object], folder: Path) -> list[Path]:
+    """Write ``memory.svg``, ``timeline.svg``, ``tradeoff.svg`` and ``layers.svg`` into ``folder``.
+
+    Raises:
+        PpplanError: the folder cannot be made or written (field ``svg``).
+    """
+    from ppplan.api.web import render_svgs  # lazy: only --svg draws
+
+    svgs = render_svgs(plan)  # before touching the disk: a plan that cannot be drawn leaves nothing behind
+    if folder.exists() and not folder.is_dir():
+        raise PpplanError("svg", str(folder), rule="must be a folder, not a file")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise PpplanError("svg", str(folder), rule=f"cannot create the folder ({exc.strerror})") from None
+    written = []
+    for name, text in svgs.items():
+        path = folder / f"{name}.svg"
+        write_json(path, text, field="svg")  # atomic: a failed write leaves no partial file
+        written.append(path)
+    return written
 
 
 @plans_app.command("export")
