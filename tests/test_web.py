@@ -293,3 +293,10 @@ def test_cli_writes_one_svg_per_chart(tmp_path: Path) -> None:
 def test_nice_number_formatting() -> None:
     assert fmt(2.50) == "2.5" and fmt(3.0) == "3" and fmt(math.nan) == "0"
     assert nice_ticks(72.0) == [0, 20, 40, 60, 80] and nice_ticks(0) == [0.0, 1.0]
+
+
+def test_a_page_answers_405_with_its_methods() -> None:
+    client = TestClient(create_app(), base_url="http://127.0.0.1")
+    for path in ("/", "/plans"):
+        res = client.post(path)
+        assert res.status_code == 405 and res.headers["allow"] == "GET, HEAD"

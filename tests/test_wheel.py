@@ -23,6 +23,8 @@ GENERIC_NAMES = ("api", "profiler", "partitioner", "executor", "migrations", "co
 SHIPPED_DATA = (
     "ppplan/partitioner/schema/plan-v1.schema.json",
     "ppplan/core/data/gpus.json",
+    "ppplan/api/web/static/app.js",
+    "ppplan/api/web/static/ppplan.css",
     "ppplan/profiler/presets/index.json",
     "ppplan/profiler/presets/llama-3.1-8b.json",
     "ppplan/profiler/presets/specs/llama-3.1-8b.json",

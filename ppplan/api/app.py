@@ -58,6 +58,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(api_router, prefix="/v1")
     app.include_router(pages.router)  # the web pages (docs/web.md), not in the OpenAPI document
+    app.state.unlisted_routes = tuple(pages.router.routes)  # for the Allow header of a 405
     _document_bearer(app)
     install_body_limit(app)  # 413 before anything reads a body (inside the Host and token checks)
     install_security(app, settings)  # last, so outermost: Host and token checked before anything else runs

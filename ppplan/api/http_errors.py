@@ -160,14 +160,18 @@ class InternalErrorMiddleware:
 def _allowed_methods(req: Request) -> list[str]:
     """The methods the OpenAPI document lists for ``req``'s path (for a 405's ``Allow``).
 
-    Read from the document rather than the router: FastAPI keeps included routers as private
-    objects, and the document is what clients are promised anyway.
+    Read from the document (what clients are promised), plus the routes it leaves out on purpose
+    (the web pages).
     """
     methods: set[str] = set()
     for template, ops in req.app.openapi().get("paths", {}).items():
         regex, _, _ = compile_path(template)
         if regex.match(req.url.path):
             methods |= {m.upper() for m in ops}
+    for route in getattr(req.app.state, "unlisted_routes", ()):  # the pages, which the document leaves out
+        regex, allowed = getattr(route, "path_regex", None), getattr(route, "methods", None)
+        if regex is not None and allowed and regex.match(req.url.path):
+            methods |= set(allowed)
     if "GET" in methods:
         methods.add("HEAD")
     return sorted(methods)
