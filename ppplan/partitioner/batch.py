@@ -113,6 +113,18 @@ class BatchSearch:
                 self._cuts[d] = hit.sizes
         return hit
 
+    def at_known_cut(self, d: Degrees3, b: int) -> Evaluation:
+        """``d`` at ``b`` scored at the cut already solved for ``d`` when it fits there (no DP; its
+        slowest stage is at most a few percent above the optimal cut's), else exactly."""
+        known = self._exact.get((*d, b))
+        if known is not None:
+            return known
+        if d in self._cuts:
+            e = self.costs.with_cut(self.layout(d, b), self._cuts[d])
+            if e is not None:
+                return e
+        return self.exact(d, b)
+
     def meets(self, d: Degrees3, b: int) -> bool:
         """Whether some cut of ``d`` at ``b`` fits and meets the SLOs, solving a cut only when the
         optimistic bound says it may and the last cut found for ``d`` does not already show it."""

@@ -26,7 +26,7 @@ REFINED = 3
 RankKey = tuple[float, ...]
 _PRIMARY = 3
 """Leading entries of a rank key that are the objective (the rest break ties)"""
-TIE_EVALUATIONS = 4 * (RUNNER_UPS + 1)
+TIE_EVALUATIONS = 2 * (RUNNER_UPS + 1)
 """Exact choices after which candidates tied with the runner-up threshold are no longer solved"""
 
 
@@ -34,10 +34,8 @@ def lower_bound(costs: Costs, lay: Layout) -> float:
     """A lower bound on the slowest stage's busy seconds per micro-batch over every cut of ``lay``:
     the mean stage, the longest layer, the first layer with its send."""
     tv = costs.layer_times(lay.tp, lay.micro_batch_size)
-    tokens = costs.busy_tokens(lay)
-    sends = [costs.send(tokens, x) for x in costs.inter_node(lay)]
-    first_send = sends[0] if sends else 0.0
-    return max((tv.total + sum(sends)) / lay.pp, tv.longest, float(tv.time[0]) + first_send)
+    total_send, first_send = costs.sends_total(lay)
+    return max((tv.total + total_send) / lay.pp, tv.longest, tv.first + first_send)
 
 
 def optimistic(costs: Costs, lay: Layout) -> Evaluation:
@@ -179,8 +177,9 @@ def pareto(costs: Costs, degrees: list[Degrees3], batches: BatchSearch, chosen: 
     what each batch sustains, in a closed loop (with a request rate too: the plan's own figures are
     then at that rate, its point on the front at its capacity).
 
-    Optimistic points stand in for exact ones until they reach the front; then their cut is solved
-    and the front recomputed, until every point on it is exact."""
+    Optimistic points stand in for exact ones until they reach the front; then they are scored at a
+    real cut (the cut already solved for their degrees when it fits, else their own optimal cut) and
+    the front recomputed, until every point on it is a real cut's."""
     fewest: dict[tuple[int, int], Degrees3] = {}
     for d in degrees:
         if (d[0], d[1]) not in fewest or d[2] < fewest[(d[0], d[1])][2]:
@@ -199,7 +198,7 @@ def pareto(costs: Costs, degrees: list[Degrees3], batches: BatchSearch, chosen: 
         if not todo:
             return [p.exact for p in front if p.exact is not None]
         for k in todo:
-            e = batches.exact(k[:3], k[3])  # type: ignore[arg-type]
+            e = batches.at_known_cut(k[:3], k[3])  # type: ignore[arg-type]
             if e.feasible:
                 pool[k] = _point(costs, e, k)
             else:

@@ -46,6 +46,8 @@ class LayerTimes:
     """sum of ``time``"""
     longest: float
     """largest entry of ``time``"""
+    first: float
+    """the first entry of ``time`` (the embedding's layer)"""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -144,6 +146,7 @@ class Costs:
         self._problem_cache: dict[_VectorKey, PartitionProblem] = {}
         self._sum_cache: dict[tuple[int, int], float] = {}
         self._send_cache: dict[tuple[float, bool], float] = {}
+        self._flag_cache: dict[tuple[int, int, int], tuple[int, int, bool]] = {}
         self.workload = workload_of(req)
 
     # ---- per-unit vectors -------------------------------------------------------------------------
@@ -187,7 +190,7 @@ class Costs:
         tv = busy[1:-1].copy()
         tv[0] += busy[0]
         tv[-1] += busy[-1]
-        out = LayerTimes(time=tv, total=float(tv.sum()), longest=float(tv.max()))
+        out = LayerTimes(time=tv, total=float(tv.sum()), longest=float(tv.max()), first=float(tv[0]))
         self._times_cache[key] = out
         return out
 
@@ -230,6 +233,21 @@ class Costs:
         )
         self._vec_cache[key] = out
         return out
+
+    def sends_total(self, lay: Layout) -> tuple[float, float]:
+        """(sum of all stage boundaries' sends, the first boundary's send) per micro-batch of ``lay``,
+        seconds (0, 0 with one stage)."""
+        key = lay.degrees
+        flags = self._flag_cache.get(key)
+        if flags is None:
+            inter = self.inter_node(lay)
+            flags = self._flag_cache[key] = (sum(inter), len(inter) - sum(inter), bool(inter and inter[0]))
+        if lay.pp == 1:
+            return 0.0, 0.0
+        tokens = self.busy_tokens(lay)
+        n_inter, n_intra, first = flags
+        a, b = self.send(tokens, True), self.send(tokens, False)
+        return n_inter * a + n_intra * b, a if first else b
 
     def send(self, tokens: float, inter: bool) -> float:
         """Seconds of one stage boundary's send of ``tokens`` tokens (cached)."""
@@ -304,8 +322,7 @@ class Costs:
         seconds per micro-batch: the whole model's decode and prefill costs per stage, scaled by the
         cut's imbalance (slowest stage / mean stage)."""
         t, b, st = lay.tp, lay.micro_batch_size, self.setup
-        v = self.vectors(lay)
-        mean_stage = (v.times.total + sum(v.sends)) / lay.pp
+        mean_stage = (self.layer_times(t, b).total + self.sends_total(lay)[0]) / lay.pp
         k = max(1.0, bottleneck / mean_stage if mean_stage > 0 else 1.0) / lay.pp
         d1 = self._decode_sum(t, 1)
         hi = max(b, 2)
