@@ -43,7 +43,12 @@ def public_plan_body(body: Mapping[str, Any]) -> dict[str, Any]:
         return dict(body)
     ident = f"{PATH_SOURCE}{body['model']['config_hash']}"
     # replaced in the JSON text, so the path goes wherever it was copied (commands, notes), escaped alike
-    out: dict[str, Any] = json.loads(json.dumps(body).replace(json.dumps(source)[1:-1], ident))
+    text = json.dumps(body).replace(json.dumps(source)[1:-1], ident)
+    # the engines load a config's folder, not the file: the exports name the folder too
+    folder = source.rsplit("/", 1)[0] if source.lower().endswith(".json") and "/" in source else ""
+    if folder not in ("", ".", "~"):
+        text = text.replace(json.dumps(folder)[1:-1], ident)
+    out: dict[str, Any] = json.loads(text)
     if isinstance(out.get("request"), dict):
         out["request"]["model"] = ident
     return out

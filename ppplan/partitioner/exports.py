@@ -1,13 +1,21 @@
 """Launch settings for the engines, from a Plan. The partition is always explicit: the engines'
-defaults differ from each other (see :mod:`partitioner.baselines`)."""
+defaults differ from each other (see :mod:`partitioner.baselines`).
+
+Per engine: :mod:`exports_vllm`, :mod:`exports_sglang`, :mod:`exports_trtllm`; what they read from
+the plan: :mod:`exports_layout`. Every printed flag is checked against the engines' own parsers
+(tests/test_engine_parsers.py, golden files in tests/data/engines/).
+"""
 
 from __future__ import annotations
 
 import json
-import shlex
 from typing import Any, Literal, get_args
 
 from ppplan.core.errors import PpplanError
+from ppplan.partitioner.exports_layout import read_deployment
+from ppplan.partitioner.exports_sglang import sglang_export
+from ppplan.partitioner.exports_trtllm import trtllm_export
+from ppplan.partitioner.exports_vllm import vllm_export
 
 __all__ = ["ENGINE_FORMATS", "EXPORT_FORMATS", "SHELL_FORMATS", "ExportFormat", "export_plan", "render_export"]
 
@@ -20,83 +28,49 @@ ENGINE_FORMATS: tuple[ExportFormat, ...] = tuple(f for f in EXPORT_FORMATS if f 
 SHELL_FORMATS: tuple[ExportFormat, ...] = ("vllm", "sglang")
 """formats rendered as shell lines (export the partition variable, then the launch command); the rest are JSON"""
 
-_KV_FLAG = {"vllm": {"fp8": "fp8"}, "sglang": {"fp8": "fp8_e4m3"}}
-
 
 def export_plan(plan: dict[str, Any], model_ref: str) -> dict[str, dict[str, Any]]:
     """Every engine's settings for ``plan`` (a Plan as a JSON dict), keyed by format name.
 
+    vllm and sglang: ``args``, ``env`` and ``command`` of the head launch (node rank 0 of the first
+    instance), ``per_node`` (every launch in pipeline order: node, node rank, stages, local GPUs,
+    env, args, command) and ``notes``; trtllm: ``llm_args`` (+ ``command``, ``notes``); torch:
+    ``stages`` (module names per stage).
+
     Args:
         plan: the plan as a JSON dict.
         model_ref: what the engines load (a hub id or a model directory), see
-            :attr:`ppplan.core.model_source.ModelSource.engine_ref`.
+            :attr:`ppplan.core.model_source.ModelSource.engine_ref`; a config.json path is replaced
+            by its directory (with a note).
     """
-    d = plan["degrees"]
-    part = ",".join(str(x) for x in plan["partition"])
-    model = model_ref
-    ctx = plan["workload"]["context"]
-    util = plan["request"].get("gpu_memory_utilization", 0.9)
-    kv = plan["kv_dtype"]
-    seqs = d["micro_batches"] * d["micro_batch_size"]
-
-    vllm_args = [
-        "--tensor-parallel-size",
-        str(d["tp"]),
-        "--pipeline-parallel-size",
-        str(d["pp"]),
-        "--max-model-len",
-        str(ctx),
-        "--gpu-memory-utilization",
-        str(util),
-        "--max-num-seqs",
-        str(seqs),
-    ]
-    if d["replicas"] > 1:
-        vllm_args += ["--data-parallel-size", str(d["replicas"])]
-    if kv in _KV_FLAG["vllm"]:
-        vllm_args += ["--kv-cache-dtype", _KV_FLAG["vllm"][kv]]
-    sg_args = [
-        "--tp-size",
-        str(d["tp"]),
-        "--pp-size",
-        str(d["pp"]),
-        "--context-length",
-        str(ctx),
-        "--mem-fraction-static",
-        str(util),
-        "--max-running-requests",
-        str(seqs),
-    ]
-    if d["replicas"] > 1:
-        sg_args += ["--dp-size", str(d["replicas"])]
-    if kv in _KV_FLAG["sglang"]:
-        sg_args += ["--kv-cache-dtype", _KV_FLAG["sglang"][kv]]
+    dep = read_deployment(plan, model_ref)
     return {
-        "vllm": {
-            "args": vllm_args,
-            "env": {"VLLM_PP_LAYER_PARTITION": part},
-            "command": f"vllm serve {shlex.quote(model)} " + shlex.join(vllm_args),
-        },
-        "sglang": {
-            "args": sg_args,
-            "env": {"SGLANG_PP_LAYER_PARTITION": part},
-            "command": f"python -m sglang.launch_server --model-path {shlex.quote(model)} " + shlex.join(sg_args),
-        },
-        "trtllm": {
-            "llm_args": {
-                "tensor_parallel_size": d["tp"],
-                "pipeline_parallel_size": d["pp"],
-                "pp_partition": list(plan["partition"]),
-            },
-            "note": "pass as LLM(model, tensor_parallel_size=..., pipeline_parallel_size=..., "
-            "pp_partition=[...]) or the same keys in an extra-llm-api-options YAML",
-        },
+        "vllm": vllm_export(dep),
+        "sglang": sglang_export(dep),
+        "trtllm": trtllm_export(dep),
         "torch": {
             "stages": [list(s["modules"]) for s in plan["stages"]],
             "note": "module names per stage for torch.distributed.pipelining / torchtitan "
             "(e.g. pipeline_module_split); the same names the executor materialises",
         },
     }
+
+
+def _render_shell(e: dict[str, Any]) -> str:
+    """Notes as comments, then each node's exports and command (one block per node when several)."""
+    lines = [f"# {n}" for n in e.get("notes", [])]
+    nodes = e.get("per_node") or []
+    if len(nodes) <= 1:
+        env = nodes[0]["env"] if nodes else e["env"]
+        return "\n".join([*lines, *(f"export {k}={v}" for k, v in env.items()), e["command"]])
+    for n in nodes:
+        stages = ",".join(str(k) for k in n["stages"])
+        lines.append(
+            f"# instance {n['instance']}, node {n['node']} ({n['gpu']}), node-rank {n['node_rank']}: stages {stages}"
+        )
+        lines += [f"export {k}={v}" for k, v in n["env"].items()]
+        lines.append(n["command"])
+    return "\n".join(lines)
 
 
 def render_export(plan: dict[str, Any], fmt: str) -> str:
@@ -113,8 +87,7 @@ def render_export(plan: dict[str, Any], fmt: str) -> str:
     ex = plan.get("exports") or export_plan(plan, str(plan["model_source"]).removeprefix("preset:"))
     e = ex[fmt]
     if fmt in SHELL_FORMATS:
-        env = "\n".join(f"export {k}={v}" for k, v in e["env"].items())
-        return f"{env}\n{e['command']}"
+        return _render_shell(e)
     if fmt == "trtllm":
         return json.dumps(e["llm_args"], indent=1)
     return json.dumps(e["stages"], indent=1)
