@@ -229,7 +229,6 @@ def _dist(value: Any, field_: str) -> TokenDist:
     raise PpplanError(field_, value, rule + '; expected {"histogram": [[tokens, weight], …]} or {"mean": m, "sd": s}')
 
 
-
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a number JSON allows")
 
