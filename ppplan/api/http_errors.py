@@ -169,8 +169,8 @@ def _allowed_methods(req: Request) -> list[str]:
         if regex.match(req.url.path):
             methods |= {m.upper() for m in ops}
     for route in getattr(req.app.state, "unlisted_routes", ()):  # the pages, which the document leaves out
-        regex, allowed = getattr(route, "path_regex", None), getattr(route, "methods", None)
-        if regex is not None and allowed and regex.match(req.url.path):
+        pattern, allowed = getattr(route, "path_regex", None), getattr(route, "methods", None)
+        if pattern is not None and allowed and pattern.match(req.url.path):
             methods |= set(allowed)
     if "GET" in methods:
         methods.add("HEAD")
