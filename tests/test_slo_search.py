@@ -203,3 +203,18 @@ def test_cli_exit_codes_for_slos(tmp_path: Path) -> None:
     res = runner.invoke(app, ["plan", "llama-3.1-8b", "--gpus", "2xH100", "--no-save", "--workload", str(wl)])
     assert res.exit_code == 0, res.output
     assert "prompt 2000" in res.output
+
+
+def test_the_api_takes_the_same_fields(client) -> None:  # type: ignore[no-untyped-def]
+    body = {k: v for k, v in DONE_WHEN.items()}
+    r = client.post("/v1/plans", json=body)
+    assert r.status_code == 201, r.text
+    plan = r.json()["plan"] if "plan" in r.json() else r.json()
+    assert plan["workload"]["concurrency_source"] == "searched" and len(plan["pareto"]) >= 3
+    assert plan["metrics"]["tpot_ms"] <= 30 and plan["metrics"]["ttft_p90_ms"] <= 2000
+    r = client.post("/v1/plans", json={**body, "objective": "min-gpus", "request_rate": 1.0})
+    assert r.status_code == 201, r.text
+    r = client.post("/v1/plans", json={**body, "max_tpot_ms": 1})
+    assert r.status_code == 422
+    err = r.json()["detail"][0]
+    assert err["field"] == "slo" and "the best reached is" in err["message"]
