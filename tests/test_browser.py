@@ -7,6 +7,7 @@ temporary folder; the path is printed (``pytest -s`` shows it)."""
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Iterator
@@ -187,6 +188,28 @@ def test_plan_through_the_form(browser: Any, server: str, shots: Path) -> None:
     )
     assert overflow <= 0
     browser.save_screenshot(str(shots / "form-390x844.png"))
+    assert console_errors(browser) == []
+
+
+def test_an_uploaded_config_is_planned(browser: Any, server: str, shots: Path, tmp_path: Path) -> None:
+    """A config.json chosen in the form is sent as hf_config and planned like a preset."""
+    from selenium.webdriver.common.by import By  # lazy: only when the browser is there
+
+    from ppplan.profiler.configs import load_model_config
+
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps({**load_model_config("tiny-llama").raw, "_name_or_path": "acme/tiny-uploaded"}))
+    viewport(browser, *SIZES[0])
+    browser.get(server + "/")
+    browser.find_element(By.ID, "f-config").send_keys(str(cfg))
+    wait_for(browser, "return document.getElementById('config-note').textContent.includes('hf_config')", 10)
+    browser.find_element(By.ID, "plan-submit").click()
+    wait_for(browser, "return document.querySelector('#result #plan-view') !== null")
+    plan_id = browser.execute_script("return document.querySelector('#plan-view').dataset.planId")
+    plan = httpx.get(f"{server}/v1/plans/{plan_id}", timeout=30).json()["plan"]
+    assert plan["model"]["name"] == "tiny-uploaded" and plan["model_source"].startswith("inline:")
+    assert "acme/tiny-uploaded" in plan["exports"]["vllm"]["command"]
+    browser.save_screenshot(str(shots / "uploaded-config-1280x800.png"))
     assert console_errors(browser) == []
 
 

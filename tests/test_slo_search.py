@@ -218,3 +218,17 @@ def test_the_api_takes_the_same_fields(client) -> None:  # type: ignore[no-untyp
     assert r.status_code == 422
     err = r.json()["detail"][0]
     assert err["field"] == "slo" and "the best reached is" in err["message"]
+
+
+def test_a_config_sent_in_the_body_is_planned(client) -> None:  # type: ignore[no-untyped-def]
+    from ppplan.profiler.configs import load_model_config
+
+    raw = {**load_model_config("tiny-llama").raw, "_name_or_path": "acme/tiny"}
+    r = client.post("/v1/plans", json={"model": "tiny", "gpus": "2xH100", "hf_config": raw})
+    assert r.status_code == 201, r.text
+    plan = r.json()["plan"]
+    assert plan["model_source"].startswith("inline:") and "acme/tiny" in plan["exports"]["vllm"]["command"]
+    bad = client.post("/v1/plans", json={"model": "./x", "gpus": "2xH100", "hf_config": raw})
+    assert bad.status_code == 422 and bad.json()["detail"][0]["field"] == "model"
+    bad = client.post("/v1/plans", json={"model": "tiny", "gpus": "2xH100", "hf_config": {"layers": 3}})
+    assert bad.status_code == 422 and bad.json()["detail"][0]["field"] == "hf_config"

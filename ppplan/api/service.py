@@ -20,7 +20,7 @@ from ppplan.core.profile import Profile, ProfileError
 from ppplan.partitioner.plan import Plan
 from ppplan.partitioner.request import PlanRequest
 from ppplan.partitioner.search import PlanningError, plan_model
-from ppplan.profiler.configs import ModelConfig, list_presets, load_model_config, preset_name
+from ppplan.profiler.configs import INLINE_SOURCE, ModelConfig, list_presets, load_model_config, preset_name
 from ppplan.profiler.profile_file import load_profile
 from ppplan.profiler.resolve import plan_request, resolve_inputs
 
@@ -39,7 +39,7 @@ def public_plan_body(body: Mapping[str, Any]) -> dict[str, Any]:
     and the request's ``model``, become ``path:<config hash>``, as for a plan made over HTTP.
     """
     source = str(body.get("model_source", ""))
-    if not source or source.startswith(("preset:", PATH_SOURCE)) or "model" not in body:
+    if not source or source.startswith(("preset:", PATH_SOURCE, INLINE_SOURCE)) or "model" not in body:
         return dict(body)
     ident = f"{PATH_SOURCE}{body['model']['config_hash']}"
     # replaced in the JSON text, so the path goes wherever it was copied (commands, notes), escaped alike
@@ -60,12 +60,12 @@ def check_http_request(req: PlanRequest, *, max_gpus: int, allow_model_paths: bo
     Raises:
         PlanningError: naming the field, the value and the rule.
     """
-    if not allow_model_paths and preset_name(req.model) is None:
+    if not allow_model_paths and req.hf_config is None and preset_name(req.model) is None:
         raise PlanningError(
             "model",
             rule=f"{req.model!r} is not a bundled preset; over HTTP the model must be one "
             f"of {', '.join(p.name for p in list_presets())} (config files are not read "
-            "from the server's disk)",
+            "from the server's disk: send the config itself as hf_config)",
         )
     if req.gpu_count > max_gpus:
         raise PlanningError("gpus", rule=f"{req.gpu_count} GPUs exceed this service's limit of {max_gpus} per request")
@@ -129,7 +129,7 @@ def _http_identity(req: PlanRequest) -> tuple[PlanRequest, ModelConfig | None]:
     Raises:
         ModelConfigError: the model is neither a preset nor a readable config.
     """
-    if preset_name(req.model) is not None:  # presets resolve before any path, as in the loader
+    if req.hf_config is not None or preset_name(req.model) is not None:  # sent along, or a preset
         return req, None
     cfg = load_model_config(req.model)
     if cfg.source.startswith("preset:"):  # the loader's word on what is a preset is final

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import re
 import unicodedata
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -98,6 +98,11 @@ class PlanRequest(BaseModel):
         max_length=MAX_TEXT,
         description="bundled preset name (case-insensitive) or path to a Hugging Face config.json; a path "
         "contains '/', starts with '.' or '~', or ends with '.json'",
+    )
+    hf_config: dict[str, Any] | None = Field(
+        None,
+        description="an uploaded Hugging Face config.json to plan instead of a preset or a path; "
+        "`model` is then its display name",
     )
     gpus: str = Field(
         max_length=MAX_GPUS_TEXT,
@@ -208,6 +213,10 @@ class PlanRequest(BaseModel):
                 "context",
                 rule=f"{self.context} tokens cannot hold prompt_tokens + output_tokens = "
                 f"{self.prompt_tokens + self.output_tokens}; raise context or leave it unset",
+            )
+        if self.hf_config is not None and is_model_path(self.model):
+            raise PpplanError(
+                "model", value=self.model, rule="with hf_config, model is a display name, not a path or file"
             )
         if self.request_rate is not None and self.output_rate is not None:
             raise PpplanError(

@@ -215,6 +215,24 @@ def _unknown(model: str) -> ModelConfigError:
     )
 
 
+INLINE_SOURCE = "inline:"
+"""``model_source`` prefix of a config sent in the request (``hf_config``), followed by its hash"""
+
+
+def config_from_dict(raw: Any, name: str) -> ModelConfig:
+    """A config sent in the request body (an uploaded ``config.json``) under the display ``name``.
+
+    Raises:
+        ModelConfigError: no string ``model_type`` or a config the planner cannot use.
+    """
+    if not isinstance(raw, dict) or not isinstance(raw.get("model_type"), str):
+        raise ModelConfigError("hf_config", rule="must be a config.json object with a string 'model_type'")
+    digest = config_hash(raw)
+    source = f"{INLINE_SOURCE}{digest[:16]}"
+    check_config(raw, source)
+    return ModelConfig(name=name, raw=raw, config_hash=digest, source=source)
+
+
 def load_model_config(model: str) -> ModelConfig:
     """Load a bundled preset or a local ``config.json`` (file or folder).
 

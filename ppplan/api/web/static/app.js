@@ -76,9 +76,8 @@
     file.text().then(function (text) {
       var cfg = JSON.parse(text);
       var layers = cfg.num_hidden_layers || (cfg.text_config || {}).num_hidden_layers || "?";
-      note.textContent = file.name + ": " + (cfg.model_type || "unknown type") + ", " + layers + " layers. " +
-        "The service plans bundled presets only (it reads no files it is sent); run the command below " +
-        "to plan this config and write the same page to plan.html.";
+      note.textContent = file.name + ": " + (cfg.model_type || "unknown type") + ", " + layers + " layers; " +
+        "it is sent with the request (hf_config) and planned instead of the preset.";
     }).catch(function () {
       note.textContent = file.name + " is not a JSON config.";
     });
@@ -102,10 +101,23 @@
   function submitPlan(form, button) {
     var v = formValues(form);
     showErrors([]);
-    if (configFile(form)) {
-      setStatus("config files are planned with the CLI: copy the command below", true);
+    var file = configFile(form);
+    if (file) {
+      file.text().then(function (text) {
+        var cfg;
+        try { cfg = JSON.parse(text); } catch (e) { setStatus(file.name + " is not a JSON config", true); return; }
+        var named = typeof cfg._name_or_path === "string" && cfg._name_or_path ? cfg._name_or_path : file.name;
+        var name = named.replace(/\.json$/i, "").split("/").pop().replace(/^[.~]+/, "") || "uploaded";
+        v.body.model = name === "config" ? "uploaded-config" : name;
+        v.body.hf_config = cfg;
+        postPlan(v, button);
+      });
       return;
     }
+    postPlan(v, button);
+  }
+
+  function postPlan(v, button) {
     button.disabled = true;
     setStatus("planning " + v.body.model + " on " + v.body.gpus + "…", false);
     var started = Date.now();
