@@ -23,7 +23,7 @@ from collections.abc import Callable
 from typing import Literal
 
 from ppplan.partitioner.costs import Costs, Evaluation
-from ppplan.partitioner.space import MAX_SEQUENCES, Layout, layout_of
+from ppplan.partitioner.space import MAX_SEQUENCES, Layout
 
 __all__ = ["BatchSearch", "Degrees3", "Mode"]
 
@@ -92,8 +92,8 @@ class BatchSearch:
         t, p, r = d
         conc = self.costs.req.concurrency
         if conc is not None:
-            return layout_of(t, p, r, math.ceil(conc / r))
-        return layout_of(t, p, r, b * p)
+            return self.costs.make_layout(t, p, r, math.ceil(conc / r))
+        return self.costs.make_layout(t, p, r, b * p)
 
     def optimistic(self, d: Degrees3, b: int) -> Evaluation:
         """The optimistic evaluation of ``d`` at ``b`` (cached)."""

@@ -16,7 +16,7 @@ from ppplan.partitioner.costs import Costs, Evaluation
 from ppplan.partitioner.request import PlanRequest
 from ppplan.partitioner.space import Layout
 
-__all__ = ["RUNNER_UPS", "Search", "branch_and_bound", "optimistic", "pareto", "rank_key"]
+__all__ = ["RUNNER_UPS", "Search", "branch_and_bound", "merge_fronts", "optimistic", "pareto", "rank_key"]
 
 
 RUNNER_UPS = 5
@@ -203,3 +203,9 @@ def pareto(costs: Costs, degrees: list[Degrees3], batches: BatchSearch, chosen: 
                 pool[k] = _point(costs, e, k)
             else:
                 del pool[k]
+
+
+def merge_fronts(fronts: list[list[Evaluation]]) -> list[Evaluation]:
+    """One Pareto front of several families' fronts (each already exact)."""
+    pts = [_Point(e.tpot, e.per_gpu, e.gpus, (i, 0, 0, 0), e) for i, f in enumerate(fronts) for e in f]
+    return [p.exact for p in _front(pts) if p.exact is not None]

@@ -28,7 +28,7 @@ from ppplan.partitioner.evaluation import Evaluation, LayerMemory, LayerTimes, S
 from ppplan.partitioner.load import ReplicaCost, closed_form, idle_ttft
 from ppplan.partitioner.problem import PartitionProblem
 from ppplan.partitioner.request import PlanRequest
-from ppplan.partitioner.space import Layout, Setup, inter_node
+from ppplan.partitioner.space import Layout, Setup, inter_node, layout_of
 
 __all__ = ["Costs", "Evaluation", "LayerMemory", "LayerTimes", "StageVectors", "workload_of"]
 
@@ -89,6 +89,40 @@ class Costs:
             self._weights_cache[key] = w
         return self._weights_cache[key]
 
+    def kv_bytes(self, tp: int, sequences: int) -> np.ndarray:
+        """KV-cache bytes per GPU of each unit for ``sequences`` per replica at ``tp`` GPUs per stage
+        (``kv_tokens`` each)."""
+        return self.cm.kv_bytes_per_gpu(tp, sequences, self.setup.kv_tokens)
+
+    def kv_per_sequence(self, tp: int) -> np.ndarray:
+        """KV-cache bytes per GPU of each unit for one more sequence (capacity)."""
+        return self.cm.kv_bytes_per_sequence(tp, self.setup.kv_tokens)
+
+    def workspace(self, tp: int, sequences: int) -> np.ndarray:
+        """Transient bytes per GPU of each unit while it runs a prefill chunk."""
+        return self.cm.workspace_bytes(tp, self.req.prefill_chunk_tokens, sequences)
+
+    def kv_capacity_tokens(self, e: Evaluation) -> int:
+        """KV tokens per replica the tightest stage of ``e``'s cut holds with all its free memory
+        (the mean stage when ``e`` has no cut)."""
+        lay, st = e.layout, self.setup
+        mem = self.layer_memory(lay.tp, lay.pp, lay.sequences)
+        per_seq = self.kv_per_sequence(lay.tp)[1:-1].copy()
+        per_seq[0] += self.kv_per_sequence(lay.tp)[0]
+        per_seq[-1] += self.kv_per_sequence(lay.tp)[-1]
+        sizes = e.sizes or (len(per_seq),)
+        bounds = np.cumsum((0, *sizes))
+        used = np.add.reduceat(mem.memory - mem.kv, bounds[:-1]) + np.maximum.reduceat(mem.peak, bounds[:-1])
+        seq = np.add.reduceat(per_seq, bounds[:-1])
+        room = np.maximum(st.limit_bytes - used, 0.0)
+        with np.errstate(divide="ignore"):
+            seqs = np.where(seq > 0, room / seq, np.inf)
+        return int(float(np.min(seqs)) * st.kv_tokens) if np.isfinite(np.min(seqs)) else 0
+
+    def make_layout(self, tp: int, pp: int, replicas: int, sequences: int) -> Layout:
+        """The layout of ``sequences`` per replica on these degrees (a subclass adds its own degrees)."""
+        return layout_of(tp, pp, replicas, sequences)
+
     def inter_node(self, lay: Layout) -> list[bool]:
         """For each stage boundary of ``lay``: does any replica's send cross nodes?"""
         key = lay.degrees
@@ -117,11 +151,11 @@ class Costs:
         if hit is not None:
             return hit
         w = self.weights(tp, pp)
-        kv = self.cm.kv_bytes_per_gpu(tp, sequences, self.setup.kv_tokens)
+        kv = self.kv_bytes(tp, sequences)
         mem = (w + kv)[1:-1].copy()
         mem[0] += w[0]
         mem[-1] += w[-1]
-        ws = self.cm.workspace_bytes(tp, self.req.prefill_chunk_tokens, sequences)
+        ws = self.workspace(tp, sequences)
         peak = ws[1:-1].copy()
         peak[0] = max(peak[0], ws[0])
         peak[-1] = max(peak[-1], ws[-1])

@@ -16,13 +16,16 @@ MAX_CANDIDATES = 300
 
 
 def degrees_of(lay: Layout) -> Degrees:
+    """The plan's degrees of ``lay`` (attention TP = the stage's GPUs / attention DP ranks)."""
     return Degrees(
-        tp=lay.tp,
+        tp=lay.tp // lay.attention_dp,
         pp=lay.pp,
         replicas=lay.replicas,
         micro_batches=lay.micro_batches,
         micro_batch_size=lay.micro_batch_size,
         gpus_used=lay.gpus,
+        ep=lay.ep,
+        attention_dp=lay.attention_dp,
     )
 
 
@@ -68,11 +71,11 @@ def candidates(evals: list[Evaluation], best: Evaluation) -> list[Candidate]:
 
 
 def unit_costs(costs: Costs, best: Evaluation, stages: list[StagePlan]) -> list[UnitCost]:
-    lay, st = best.layout, costs.setup
+    lay = best.layout
     dec = costs.decode(lay.tp, lay.micro_batch_size)
     pre = costs.prefill(lay.tp)
     w = costs.weights(lay.tp, lay.pp)
-    kv = costs.cm.kv_bytes_per_gpu(lay.tp, lay.sequences, st.kv_tokens)
+    kv = costs.kv_bytes(lay.tp, lay.sequences)
     stage_of = [s.index for s in stages for _ in range(s.units[0], s.units[1] + 1)]
     out = []
     for u, unit in enumerate(costs.profile.units):

@@ -8,16 +8,20 @@ the model name is NFKC-normalised, stripped and case-folded (unless it is a path
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import unicodedata
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ppplan.core.errors import PpplanError, shorten
 from ppplan.core.gpus import GPUSpec, get_gpu
 from ppplan.core.text import check_text, normalize_name
+
+if TYPE_CHECKING:
+    from ppplan.partitioner.cluster import Cluster
 
 __all__ = ["MAX_GPUS", "Engine", "Objective", "PlanRequest", "is_model_path", "parse_gpus"]
 
@@ -160,7 +164,23 @@ class PlanRequest(BaseModel):
     max_ttft_ms: float | None = Field(
         None, gt=0, le=MAX_SLO_MS, description="SLO: time to first token, ms (at most a day)"
     )
-    tp: int | None = Field(None, ge=1, le=MAX_GPUS, strict=True, description="pin the tensor-parallel degree")
+    tp: int | None = Field(
+        None, ge=1, le=MAX_GPUS, strict=True, description="pin the tensor-parallel degree (of attention, with EP)"
+    )
+    ep: int | None = Field(
+        None, ge=1, le=MAX_GPUS, strict=True, description="pin the expert-parallel degree of MoE layers (1: none)"
+    )
+    expert_imbalance: float | None = Field(
+        None,
+        ge=1,
+        le=64,
+        description="busiest EP rank's routed tokens / the mean (default 1.5, from published EPLB measurements)",
+    )
+    cluster: dict[str, Any] | None = Field(
+        None,
+        description="a cluster description (nodes with GPU kind, count, interconnect; the network), instead "
+        "of gpus' COUNTxKIND; gpus then holds its canonical text",
+    )
     pp: int | None = Field(None, ge=1, le=MAX_GPUS, strict=True, description="pin the pipeline-parallel degree")
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="share of HBM the engine may use")
     runtime_reserve_gib: float = Field(2.0, ge=0, le=1024, description="CUDA context, NCCL and graph buffers per GPU")
@@ -192,6 +212,10 @@ class PlanRequest(BaseModel):
     @field_validator("gpus")
     @classmethod
     def _check_gpus(cls, v: str) -> str:
+        if _is_cluster_text(v):
+            from ppplan.partitioner.cluster import parse_cluster_gpus  # lazy: cluster.py imports this module
+
+            return parse_cluster_gpus(v).text
         count, gpu = parse_gpus(v)
         return f"{count}x{gpu.name}"
 
@@ -224,7 +248,7 @@ class PlanRequest(BaseModel):
             )
         for name in ("prompt_tokens_histogram", "output_tokens_histogram"):
             _check_histogram(name, getattr(self, name))
-        count, _ = parse_gpus(self.gpus)
+        count = self.gpu_count
         if self.nodes is not None and self.nodes > count:
             raise PpplanError("nodes", rule=f"{self.nodes} nodes cannot hold {count} GPUs (at least one GPU per node)")
         if self.nodes is not None and count % self.nodes:
@@ -235,15 +259,43 @@ class PlanRequest(BaseModel):
                 rule=f"{self.tp or 1} × {self.pp or 1} = {(self.tp or 1) * (self.pp or 1)} GPUs, "
                 f"only {count} available",
             )
-        usable = self.gpu_memory_utilization * parse_gpus(self.gpus)[1].hbm_gib
+        smallest = min((g.gpu for g in self.cluster_spec.groups), key=lambda g: g.hbm_gib)
+        usable = self.gpu_memory_utilization * smallest.hbm_gib
         if self.runtime_reserve_gib >= usable:
             raise PpplanError(
                 "runtime_reserve_gib",
                 rule=f"{self.runtime_reserve_gib:g} GiB leaves no room in the "
                 f"{usable:.1f} GiB the engine may use ({self.gpu_memory_utilization:g} × "
-                f"{parse_gpus(self.gpus)[1].hbm_gib:.0f} GiB)",
+                f"{smallest.hbm_gib:.0f} GiB)",
             )
         return self
+
+    @property
+    def cluster_spec(self) -> Cluster:
+        """The GPUs as groups of nodes: from ``cluster``, or ``gpus`` (with ``nodes``)."""
+        from ppplan.partitioner.cluster import (
+            Cluster,
+            GpuGroup,
+            default_interconnect,
+            parse_cluster_gpus,
+        )  # lazy: cluster.py imports this module
+        from ppplan.partitioner.cluster_file import parse_cluster_file  # lazy: cluster_file.py imports this module
+
+        if self.cluster is not None:
+            return parse_cluster_file(json.dumps(self.cluster))
+        if _is_cluster_text(self.gpus):
+            return parse_cluster_gpus(self.gpus, self.nodes)
+        count, gpu = parse_gpus(self.gpus)
+        gpn = count // self.nodes if self.nodes is not None else min(gpu.gpus_per_node, count)
+        nodes = max(1, count // gpn)
+        return Cluster(
+            groups=(GpuGroup(gpu=gpu, nodes=nodes, gpus_per_node=gpn, interconnect=default_interconnect(gpu)),)
+        )
+
+    @property
+    def is_mixed(self) -> bool:
+        """Whether the GPUs are of more than one kind (or nodes of unequal size)."""
+        return (self.cluster is not None or _is_cluster_text(self.gpus)) and not self.cluster_spec.homogeneous
 
     @property
     def rate(self) -> float | None:
@@ -267,12 +319,24 @@ class PlanRequest(BaseModel):
     @property
     def gpu_count(self) -> int:
         """Number of GPUs in the cluster."""
+        if self.cluster is not None or _is_cluster_text(self.gpus):
+            return self.cluster_spec.count
         return parse_gpus(self.gpus)[0]
 
     @property
     def gpu(self) -> GPUSpec:
-        """The GPU kind."""
+        """The GPU kind (of the first group of a mixed cluster)."""
+        if self.cluster is not None or _is_cluster_text(self.gpus):
+            return self.cluster_spec.groups[0].gpu
         return parse_gpus(self.gpus)[1]
+
+    @property
+    def gpus_per_node(self) -> int:
+        """GPUs of one node (of the first group of a mixed cluster)."""
+        if self.cluster is not None or _is_cluster_text(self.gpus):
+            return self.cluster_spec.groups[0].gpus_per_node
+        count = self.gpu_count
+        return count // self.nodes if self.nodes is not None else min(self.gpu.gpus_per_node, count)
 
     @property
     def kv_context(self) -> int:
@@ -283,6 +347,11 @@ class PlanRequest(BaseModel):
         return _longest(self.prompt_tokens, self.prompt_tokens_sd, self.prompt_tokens_histogram) + _longest(
             self.output_tokens, self.output_tokens_sd, self.output_tokens_histogram
         )
+
+
+def _is_cluster_text(text: str) -> bool:
+    """``8xH100+8xA100-80GB`` or ``2x8xH100``: groups or nodes written out (see partitioner.cluster)."""
+    return "+" in text or len(re.findall(r"[xX×*]", text.split("-")[0])) > 1
 
 
 def _hist_mean(h: Histogram) -> float:

@@ -10,13 +10,15 @@ the schedule model is in :mod:`partitioner.costs`, the Plan is assembled in
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 from ppplan.core.model_source import ModelSource
 from ppplan.core.profile import Profile
 from ppplan.partitioner.assembly import SolverReport, build_plan, explain_infeasible, explain_slo_miss
-from ppplan.partitioner.batch import BatchSearch
-from ppplan.partitioner.bounds import RUNNER_UPS, branch_and_bound, optimistic, pareto
+from ppplan.partitioner.batch import BatchSearch, Degrees3
+from ppplan.partitioner.bounds import RUNNER_UPS, Search, branch_and_bound, merge_fronts, optimistic, pareto, rank_key
 from ppplan.partitioner.costs import Costs, Evaluation
+from ppplan.partitioner.expert_costs import expert_families
 from ppplan.partitioner.plan import Plan
 from ppplan.partitioner.request import PlanRequest
 from ppplan.partitioner.space import InfeasibleError, PlanningError, Setup, check_request, degrees, valid_tp_degrees
@@ -42,27 +44,69 @@ def plan_model(req: PlanRequest, profile: Profile, source: ModelSource) -> Plan:
         InfeasibleError: no configuration fits in memory (the message says how much is needed).
     """
     t0 = time.perf_counter()
+    if req.is_mixed:
+        from ppplan.partitioner.mixed import plan_mixed  # lazy: only mixed clusters take this path
+
+        return plan_mixed(req, profile, source)
     setup = Setup.of(req, profile)
     tps = check_request(req, profile, setup)
-    costs = Costs(req, profile, setup)
-    degs = list(degrees(req, setup, tps))
-    batches = BatchSearch(costs, optimistic)
-    found = branch_and_bound(costs, degs, batches)
-    evals = found.evaluations
-    if not evals:
-        raise explain_infeasible(costs, source, found.infeasible)
-    if not evals[0].slo_met and req.concurrency is None:
-        raise explain_slo_miss(costs, evals[0])
-    best = costs.evaluate(evals[0].layout, final=True)
+    families = [_Family.search(Costs(req, profile, setup), list(degrees(req, setup, tps)))]
+    families += [_Family.search(c, list(degrees(req, setup, t))) for c, t in expert_families(req, profile, setup)]
+    ranked = sorted(
+        ((e, f) for f in families for e in f.found.evaluations), key=lambda x: rank_key(req, x[0]), reverse=True
+    )
+    if not ranked:
+        raise explain_infeasible(families[0].costs, source, [e for f in families for e in f.found.infeasible])
+    first, fam = ranked[0]
+    if not first.slo_met and req.concurrency is None:
+        raise explain_slo_miss(fam.costs, first)
+    best = fam.costs.evaluate(first.layout, final=True)
     solver = SolverReport(name=SOLVER, optimal=True, gap=0.0)
     if req.solver == "cpsat":
-        best, solver = _resolve_with_cpsat(costs, best)
-    evals = [best, *evals[1:]]
-    front = pareto(costs, degs, batches, [best])
+        best, solver = _resolve_with_cpsat(fam.costs, best)
+    evals = [best, *(e for e, _ in ranked[1:])]
+    front = merge_fronts([pareto(f.costs, f.degrees, f.batches, [best] if f is fam else []) for f in families])
+    evaluated = [e for f in families for e in f.batches.exact_evaluations]
     solve_ms = (time.perf_counter() - t0) * 1e3
-    return build_plan(
-        costs, source, best, solver, _runner_ups(evals), front, batches.exact_evaluations, batches.mode, solve_ms
-    )
+    plan = build_plan(fam.costs, source, best, solver, _runner_ups(evals), front, evaluated, fam.batches.mode, solve_ms)
+    if len(families) > 1:
+        notes = [*plan.notes, _family_note(families, fam)]
+        plan = plan.model_copy(update={"notes": notes})
+    return plan
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Family:
+    """One family of layouts searched with its own costs: the dense layouts, or one expert-parallel
+    layout of the MoE layers (:mod:`partitioner.expert_costs`)."""
+
+    costs: Costs
+    degrees: list[Degrees3]
+    batches: BatchSearch
+    found: Search
+
+    @classmethod
+    def search(cls, costs: Costs, degs: list[Degrees3]) -> _Family:
+        batches = BatchSearch(costs, optimistic)
+        return cls(costs=costs, degrees=degs, batches=batches, found=branch_and_bound(costs, degs, batches))
+
+
+def _family_note(families: list[_Family], chosen: _Family) -> str:
+    """What each family's best configuration reaches, with its KV capacity (the comparison the
+    choice rests on)."""
+    parts = []
+    for f in families:
+        if not f.found.evaluations:
+            continue
+        e = f.found.evaluations[0]
+        lay = e.layout
+        kind = f"DP-attention {lay.attention_dp} + EP {lay.ep}" if lay.ep > 1 else "TP"
+        cap = f.costs.kv_capacity_tokens(e)
+        parts.append(
+            f"{kind}: TP{lay.tp // lay.attention_dp}×PP{lay.pp}×{lay.replicas} {e.per_gpu:,.0f} tok/s/GPU, "
+            f"TPOT {e.tpot * 1e3:.1f} ms, KV {cap:,} tokens per replica" + (" (chosen)" if f is chosen else "")
+        )
+    return "layouts compared: " + "; ".join(parts)
 
 
 def _runner_ups(evals: list[Evaluation]) -> list[Evaluation]:

@@ -58,6 +58,11 @@ class Layout:
     """sequences per micro-batch"""
     sequences: int
     """sequences per replica (searched, or the pinned concurrency spread over the replicas)"""
+    ep: int = 1
+    """expert-parallel ranks of the MoE layers of a stage (1: experts split by TP like dense layers);
+    with ``ep > 1`` ``tp`` counts all GPUs of a stage, attention TP × ``attention_dp``"""
+    attention_dp: int = 1
+    """data-parallel attention ranks per stage (1: TP attention)"""
 
     @property
     def gpus(self) -> int:
@@ -121,7 +126,7 @@ class Setup:
     def of(cls, req: PlanRequest, profile: Profile) -> Setup:
         """The setup of ``req`` planned with ``profile``."""
         count = req.gpu_count
-        gpn = count // req.nodes if req.nodes is not None else min(req.gpu.gpus_per_node, count)
+        gpn = req.gpus_per_node
         p, o = req.mean_prompt_tokens, req.mean_output_tokens
         engine = req.engine or "vllm"
         return cls(
