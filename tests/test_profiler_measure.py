@@ -288,3 +288,68 @@ def test_gemma3_per_layer_type_rotary_profiles(tmp_path: Path) -> None:
         if u.kind == "decoder":
             assert measured in (u.kv_bytes_per_token, u.kv_bytes_per_token_hf)
             assert all(p.time_s > 0 for p in u.measured)
+
+
+def test_tp_shards_are_built_at_one_ranks_shape() -> None:
+    from ppplan.profiler.measure.shards import parse_tp_degrees, shard_hf_config
+    from ppplan.profiler.models import build_hf_config, build_meta_model
+
+    hf = build_hf_config(load_model_config("tiny-llama"))
+    heads, kv, inter = hf.num_attention_heads, hf.num_key_value_heads, hf.intermediate_size
+    hd = getattr(hf, "head_dim", None) or hf.hidden_size // heads
+    for t in (1, 2, 4):
+        cfg = shard_hf_config(hf, t)
+        layer = build_meta_model(cfg).model.layers[0]
+        assert layer.self_attn.q_proj.out_features == heads // t * hd
+        assert layer.self_attn.k_proj.out_features == max(1, kv // t) * hd  # KV heads replicated past kv
+        assert layer.mlp.gate_proj.out_features == inter // t
+        assert layer.self_attn.o_proj.out_features == hf.hidden_size  # the hidden size stays whole
+    assert hf.num_attention_heads == heads  # the original is untouched
+    assert parse_tp_degrees("8, 1,2,2") == (1, 2, 8)
+    with pytest.raises(MeasureError, match=r"1\.\.64"):
+        parse_tp_degrees("0,3x")
+    with pytest.raises(MeasureError, match="must divide"):
+        shard_hf_config(hf, 3)
+
+
+def test_a_tp_shard_profile_on_cpu_is_eager_and_costed_from_its_degree() -> None:
+    """On CPU the CUDA graphs are skipped: the profile says eager and records its TP degree, and the
+    cost model takes its measured/analytic ratio at that degree."""
+    grid = ProfileGrid(prefill_tokens=(8,), decode_batches=(1,), decode_contexts=(32,))
+    prof = run_profile("tiny-llama", device="cpu", grid=grid, cpu_threads=1, tp=2, cuda_graphs=True)
+    assert prof.provenance["tp"] == 2 and prof.provenance["timing"] == "eager"
+    cm = CostModel(prof, get_gpu("CPU"))
+    assert cm.measured and cm._measured_tp == 2
+    unit = prof.units[1]
+    point = next(p for p in unit.measured if p.phase == "decode")
+    # exact at the measured point when planned at the shard's own degree
+    got = float(cm.unit_times(2, "decode", point.tokens, point.context)[1])
+    assert got == pytest.approx(point.time_s, rel=1e-9)
+    assert "eager timing" in str(cm.describe()["time_source"])
+
+
+def test_cli_profile_several_tp_degrees_write_one_file_each(tmp_path: Path) -> None:
+    out = tmp_path / "p.json"
+    grid = "prefill=8;batch=1;context=32"
+    r = CliRunner().invoke(
+        app,
+        ["profile", "tiny-llama", "--device", "cpu", "--grid", grid, "--tp", "1,2", "--eager", "--out", str(out)],
+    )
+    assert r.exit_code == 0, r.output
+    for t in (1, 2):
+        assert load_profile(tmp_path / f"p.tp{t}.json").provenance["tp"] == t
+    r = CliRunner().invoke(app, ["profile", "tiny-llama", "--device", "cpu", "--tp", "1,2"])
+    assert r.exit_code == 2 and "--out" in r.output
+    r = CliRunner().invoke(app, ["profile", "tiny-llama", "--analytic", "--tp", "2"])
+    assert r.exit_code == 2
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_graph_decode_is_replayed_and_labelled() -> None:
+    grid = ProfileGrid(prefill_tokens=(128,), decode_batches=(1, 64), decode_contexts=(256,))
+    graphs = run_profile("tiny-llama", device="cuda", grid=grid, cuda_graphs=True)
+    eager = run_profile("tiny-llama", device="cuda", grid=grid, cuda_graphs=False)
+    assert graphs.provenance["timing"] in ("cuda-graph", "mixed") and eager.provenance["timing"] == "eager"
+    dec = lambda p: min(x.time_s for x in p.units[1].measured if x.phase == "decode")  # noqa: E731
+    assert dec(graphs) < dec(eager)  # replay drops the per-kernel launch cost

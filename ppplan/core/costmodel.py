@@ -19,6 +19,15 @@ roofline and by default; CPUs and small kernels fit values near 0.5.)
   sharded over at most ``n_kv_heads`` ranks, MLA's latent cache not at all), KV cache for the
   sequences in flight, transient workspace of the largest unit, a runtime reserve.
 
+Shape-aware kernel model (roofline-3, the default wherever measured kernel data covers the GPU kind
+and the profile carries no calibration of its own): each unit is timed as the kernels an engine
+runs for it (:mod:`ppplan.core.layer_kernels`), GEMM and attention efficiencies depending on their
+shapes (:mod:`ppplan.core.kernels`) and collectives from measured size curves
+(:mod:`ppplan.core.collectives`). Decode runs as CUDA-graph replay by default (engines capture it);
+``cuda_graphs=False`` adds the eager launch floor to every kernel. A profile calibrated for the GPU
+kind (``ppplan calibrate``), a GPU kind without kernel data (the CPU) and the calibration fit itself
+use the roofline above.
+
 Measured profiles: where the profile was measured on this GPU kind and a unit has points for the
 phase, the time is the analytic time scaled by the measured/analytic ratio interpolated (inverse
 distance in log tokens × log context) between the measured points: exact at every measured
@@ -33,14 +42,17 @@ from typing import Literal
 
 import numpy as np
 
+from ppplan.core.collectives import Collectives, collectives_for
 from ppplan.core.dtypes import COMPUTE_DTYPE
 from ppplan.core.gpus import GPUSpec
+from ppplan.core.kernels import KernelFit, kernel_fit_for, kernel_fit_from_dict
+from ppplan.core.layer_kernels import KernelInputs, UnitShapes, unit_kernel_times
 from ppplan.core.profile import Efficiency, Profile
 
 __all__ = ["COST_MODEL_VERSION", "DEFAULT_EFFICIENCY", "CostModel", "LinkSettings", "causal_pairs"]
 
 #: version of the formulas here and in the analytic profile; bump when a predicted number changes
-COST_MODEL_VERSION = "roofline-2"
+COST_MODEL_VERSION = "roofline-3"
 
 #: efficiency factors used when a profile carries no calibration for the GPU kind: prefill GEMMs
 #: reach ~60% of the dense peak on Hopper, decode reaches ~80% of HBM bandwidth (vLLM/SGLang)
@@ -66,15 +78,59 @@ def causal_pairs(tokens: int, window: float) -> float:
     return window * (window + 1) / 2 + (tokens - window) * window
 
 
-class CostModel:
-    """Times (seconds) and per-GPU bytes of every unit of ``profile`` on ``gpu``."""
+def profile_timing(profile: Profile) -> str:
+    """How a measured profile timed its units: 'eager', 'cuda-graph' or 'unknown' (older files)."""
+    return str(profile.provenance.get("timing") or "unknown")
 
-    def __init__(self, profile: Profile, gpu: GPUSpec, links: LinkSettings | None = None) -> None:
+
+class CostModel:
+    """Times (seconds) and per-GPU bytes of every unit of ``profile`` on ``gpu``.
+
+    Args:
+        profile: the profile (analytic, measured or calibrated).
+        gpu: the GPU kind.
+        links: latencies of the roofline's collectives (GPU kinds without measured curves).
+        engine: 'vllm', 'sglang' or 'trtllm' (whose measured kernels and custom all-reduce to use);
+            None: vLLM's.
+        cuda_graphs: decode replayed from CUDA graphs as engines do (default) or launched eagerly.
+        roofline: force the (calibratable) roofline even where kernel data exists.
+    """
+
+    def __init__(
+        self,
+        profile: Profile,
+        gpu: GPUSpec,
+        links: LinkSettings | None = None,
+        *,
+        engine: str | None = None,
+        cuda_graphs: bool = True,
+        roofline: bool = False,
+    ) -> None:
         self.profile = profile
         self.gpu = gpu
         self.links = links or LinkSettings()
-        self.efficiency = profile.calibration.get(gpu.name, DEFAULT_EFFICIENCY)
-        self.measured = profile.kind == "measured" and profile.device == gpu.name
+        self.engine = engine
+        self.cuda_graphs = cuda_graphs
+        cal = profile.calibration.get(gpu.name)
+        self.kernels: KernelFit | None = None
+        if cal is not None and cal.kernels is not None and not roofline:
+            # a kernel-table profile source (--kernel-db): coefficients fitted at plan time
+            self.kernels = kernel_fit_from_dict(gpu.name, str(cal.kernels["engine"]), cal.kernels, cal.source)
+        elif cal is None and not roofline:
+            self.kernels = kernel_fit_for(gpu.name, engine)
+        self.collectives: Collectives | None = (
+            collectives_for(gpu.name, self.kernels.engine) if self.kernels is not None else None
+        )
+        summary = self.kernels.summary(cuda_graphs) if self.kernels is not None else None
+        self.efficiency = cal if cal is not None else summary or DEFAULT_EFFICIENCY
+        self.eager_profile_skipped = (
+            profile.kind == "measured"
+            and profile.device == gpu.name
+            and self.kernels is not None
+            and cuda_graphs
+            and profile_timing(profile) == "eager"
+        )
+        self.measured = profile.kind == "measured" and profile.device == gpu.name and not self.eager_profile_skipped
         us = profile.units
         f = lambda attr: np.array([float(getattr(u, attr)) for u in us])  # noqa: E731
         self.weight = f("weight_bytes")
@@ -100,6 +156,24 @@ class CostModel:
         dec_dtype = COMPUTE_DTYPE[profile.weight_dtype]
         self.peak = np.array([gpu.peak_flops(dec_dtype if u.kind == "decoder" else profile.act_dtype) for u in us])
         self._ratio_cache: dict[tuple[int, str, int, int], float] = {}
+        self._decode_tables: dict[tuple[int, int], np.ndarray] = {}
+        self._send_cache: dict[float, float] = {}
+        tp_measured = profile.provenance.get("tp")
+        self._measured_tp = int(tp_measured) if isinstance(tp_measured, int | float) and tp_measured >= 1 else 1
+        # identical units (all decoder layers of a dense model) are timed once
+        feats = np.stack(
+            [self.weight, self.expert, self.kv_bpt, self.pair_prefill, self.pair_decode, self.act_bpt, self.ar_bpt,
+             self.n_ar, np.where(np.isinf(self.window), -1.0, self.window), self.kv_heads, self.shardable,
+             self.n_experts, self.topk, self.is_head, self.is_embed, self.peak, self.kv_proj, self.lin_flops,
+             np.array([float(u.params) for u in us])],
+            axis=1,
+        )  # fmt: skip
+        _, self._rep, self._inv = np.unique(feats, axis=0, return_index=True, return_inverse=True)
+        self._inv = self._inv.reshape(-1)
+        self.shapes = UnitShapes.of(profile) if self.kernels is not None else None
+        self._shapes_rep = self.shapes.take(self._rep) if self.shapes is not None else None
+        self.has_attention = np.array([u.attention != "none" for u in us])
+        self.gemm_dtype = dec_dtype
 
     # ---- memory -------------------------------------------------------------------------------
     def kv_shards(self, tp: int) -> np.ndarray:
@@ -126,9 +200,13 @@ class CostModel:
 
     # ---- time ---------------------------------------------------------------------------------
     def allreduce_time(self, tp: int, nbytes: float | np.ndarray) -> float | np.ndarray:
-        """Seconds of one ring all-reduce of ``nbytes`` over ``tp`` GPUs inside a node."""
+        """Seconds of one TP all-reduce of ``nbytes`` over ``tp`` GPUs inside a node (measured curve
+        with the engine's custom all-reduce where the GPU kind has one, else ring formula + latency)."""
         if tp <= 1:
             return 0.0 * nbytes
+        if self.collectives is not None:
+            t: float | np.ndarray = self.collectives.allreduce_time(tp, nbytes, cuda_graphs=self.cuda_graphs)
+            return t
         return 2 * (tp - 1) / tp * nbytes / self.gpu.nvlink_bw + self.links.allreduce_latency_s
 
     def send_time(self, tokens: float, inter_node: bool) -> float:
@@ -136,9 +214,68 @@ class CostModel:
         nbytes = float(self.act_bpt[0]) * tokens
         if inter_node:
             return nbytes / self.gpu.network_bw + self.links.p2p_inter_latency_s
+        if self.collectives is not None:
+            hit = self._send_cache.get(nbytes)
+            if hit is None:  # the search asks for the same few sizes thousands of times
+                hit = self._send_cache[nbytes] = float(self.collectives.p2p_time(nbytes))
+            return hit
         return nbytes / self.gpu.nvlink_bw + self.links.p2p_intra_latency_s
 
+    def _kernel_path(self, tp: int, phase: str, tokens: np.ndarray, context: int) -> np.ndarray:
+        """Seconds per unit, shape (B, U), for B token counts (``tokens``, shape (B,)); computed on one
+        representative of each group of identical units and spread back."""
+        assert self.kernels is not None and self._shapes_rep is not None
+        r = self._rep
+        n = np.asarray(tokens, dtype=float)[:, None]
+        window = self.window[r]
+        if phase == "decode":
+            pairs = n * np.minimum(float(context), window)
+            flops = self.pair_decode[r] * pairs / tp
+        else:
+            pairs = np.array([[causal_pairs(int(k), w) for w in window] for k in n[:, 0]])
+            flops = self.pair_prefill[r] * pairs / tp
+        shards = self.kv_shards(tp)[r]
+        x = KernelInputs(
+            tp=tp,
+            phase=phase,
+            tokens=n,
+            kv_bytes=self.kv_bpt[r] * pairs / shards,
+            attn_flops=flops,
+            # Q and O of the local heads (bf16) and the new tokens' K and V
+            attn_bytes=n * 4.0 * self.profile.model.num_attention_heads / tp * self.profile.model.head_dim
+            + self.kv_bpt[r] * np.minimum(n, window) / shards,
+            kv_heads_per_gpu=np.where(self.shardable[r], self.kv_heads[r] / shards, 1.0),
+            is_decoder=self.is_decoder[r],
+            is_head=self.is_head[r],
+            is_embed=self.is_embed[r],
+            has_attention=(self.has_attention & self.is_decoder)[r],
+            n_experts=self.n_experts[r],
+            topk=self.topk[r],
+            embed_bytes=np.minimum(self.weight[r] / tp, n * self.act_bpt[r] / 2),
+            peak=self.peak[r],
+            gemm_dtype=self.gemm_dtype,
+            cuda_graphs=self.cuda_graphs or phase == "prefill",
+        )
+        kern = unit_kernel_times(self._shapes_rep, x, self.kernels, self.gpu)
+        comm = self.n_ar[r] * self.allreduce_time(tp, self.ar_bpt[r] * n)
+        return (kern + comm)[:, self._inv]
+
+    def _decode_table(self, tp: int, tokens: int, context: int) -> np.ndarray:
+        """Decode seconds per unit at ``tokens`` sequences, from a table over every batch size up to the
+        next power of two (one vectorised evaluation serves the search's many batch sizes)."""
+        key = (tp, context)
+        table = self._decode_tables.get(key)
+        if table is None or tokens > len(table):
+            size = max(64, 1 << (int(tokens) - 1).bit_length())
+            table = self._kernel_path(tp, "decode", np.arange(1, size + 1, dtype=float), context)
+            self._decode_tables[key] = table
+        return table[tokens - 1].copy()
+
     def _analytic(self, tp: int, phase: str, tokens: int, context: int) -> np.ndarray:
+        if self.kernels is not None:
+            if phase == "decode":
+                return self._decode_table(tp, tokens, context)
+            return self._kernel_path(tp, phase, np.array([float(tokens)]), context)[0]
         eff = self.efficiency
         n = float(tokens)
         if phase == "decode":
@@ -174,6 +311,8 @@ class CostModel:
     @property
     def unit_overhead(self) -> np.ndarray:
         """Fixed seconds per forward of each unit (decoder layers vs embedding and head)."""
+        if self.kernels is not None:
+            return np.zeros(len(self.profile.units))  # the kernel floors are inside the kernel times
         eff = self.efficiency
         return np.where(
             self.is_head, eff.overhead_of("head"), np.where(self.is_embed, eff.overhead_of("embed"), eff.overhead_s)
@@ -212,7 +351,8 @@ class CostModel:
         ctx_q = context if phase == "decode" else tokens
         ws, rs = [], []
         for p in pts:
-            base = float(self._analytic(1, phase, p.tokens, p.context)[i])
+            # a TP-shard profile's times are one rank's at its TP degree: the ratio is taken there
+            base = float(self._analytic(self._measured_tp, phase, p.tokens, p.context)[i])
             r = p.time_s / base
             d = math.hypot(
                 math.log2(p.tokens) - math.log2(tokens), math.log2(max(p.context, 1)) - math.log2(max(ctx_q, 1))
@@ -223,13 +363,38 @@ class CostModel:
             rs.append(math.log(r))
         return math.exp(sum(w * r for w, r in zip(ws, rs, strict=True)) / sum(ws))
 
+    def profile_note(self) -> str | None:
+        """Why a measured profile's times are not used for this GPU kind (None when they are, or when
+        the profile is not a measured one): a plan note."""
+        p = self.profile
+        if p.kind != "measured" or self.measured:
+            return None
+        if self.eager_profile_skipped:
+            return (
+                f"the profile's times were measured eagerly on {p.device}; the engine replays decode from CUDA "
+                "graphs, so the engine-realistic kernel model times it instead (its bytes are used)"
+            )
+        return f"the profile was measured on {p.device}, not {self.gpu.name}: its bytes are used, its times are not"
+
     def describe(self) -> dict[str, object]:
         """Provenance of the numbers this model produces."""
+        if self.measured:
+            source = f"measured points ({profile_timing(self.profile)} timing, interpolated) with analytic TP scaling"
+        elif self.kernels is not None:
+            k = self.kernels
+            source = f"shape-aware kernel model ({k.engine}, {'CUDA graphs' if self.cuda_graphs else 'eager'})"
+            if self.gpu.name in self.profile.calibration:
+                source += f" fitted at plan time to {self.efficiency.source}"
+            if self.eager_profile_skipped:
+                source += (
+                    f"; the profile's times were measured eagerly on {self.gpu.name} and the engine replays "
+                    "CUDA graphs, so the engine-realistic kernel model is used instead"
+                )
+        else:
+            source = "analytic roofline" + (" (calibrated)" if self.gpu.name in self.profile.calibration else "")
         return {
             "cost_model": COST_MODEL_VERSION,
             "gpu": self.gpu.name,
-            "time_source": "measured points (interpolated) with analytic TP scaling"
-            if self.measured
-            else "analytic roofline",
+            "time_source": source,
             "efficiency": self.efficiency.model_dump(),
         }

@@ -8,12 +8,13 @@ from __future__ import annotations
 import json
 from functools import cache
 from importlib import resources
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from ppplan.core.errors import PpplanError
 
-__all__ = ["GPUSpec", "UnknownGPUError", "get_gpu", "list_gpus"]
+__all__ = ["GPUSpec", "UnknownGPUError", "core_data", "get_gpu", "list_gpus"]
 
 GIB = 1024**3
 
@@ -35,7 +36,10 @@ class GPUSpec(BaseModel):
     nvlink_bw: float = Field(gt=0, description="GPU-to-GPU bandwidth inside a node, bytes/s per direction")
     network_bw: float = Field(gt=0, description="bandwidth across nodes per GPU, bytes/s per direction")
     gpus_per_node: int = Field(8, gt=0)
+    sms: int | None = Field(None, gt=0, description="streaming multiprocessors (GEMM wave quantisation)")
+    interconnect: str = Field("host", description="intra-node link kind: nvlink<gen>-nvswitch, pcie<gen>, host")
     source: str = ""
+    sms_source: str = ""
 
     def peak_flops(self, dtype: str) -> float:
         """Dense peak FLOP/s for ``dtype``; a dtype without tensor cores here runs at the bf16 rate."""
@@ -48,8 +52,21 @@ class GPUSpec(BaseModel):
 
 
 @cache
+def core_data(name: str) -> dict[str, Any]:
+    """A JSON file of ``ppplan/core/data`` (the catalog, the fitted kernel and collective data): the
+    one place the pure core reads package data."""
+    if name == "kernels.json":
+        text = (resources.files("ppplan.core") / "data" / "kernels.json").read_text()
+    elif name == "collectives.json":
+        text = (resources.files("ppplan.core") / "data" / "collectives.json").read_text()
+    else:
+        text = (resources.files("ppplan.core") / "data" / "gpus.json").read_text()
+    return dict(json.loads(text))
+
+
+@cache
 def _catalog() -> tuple[GPUSpec, ...]:
-    data = json.loads((resources.files("ppplan.core") / "data" / "gpus.json").read_text())
+    data = core_data("gpus.json")
     return tuple(GPUSpec(**g) for g in data["gpus"])
 
 

@@ -212,6 +212,11 @@ class Efficiency(BaseModel):
     fit_error: dict[str, float] = Field(default_factory=dict, description="median relative error per phase")
     points: int = Field(0, ge=0)
     source: str = ""
+    kernels: dict[str, Any] | None = Field(
+        None,
+        description="coefficients of the shape-aware kernel model (ppplan.core.kernels, with 'engine') "
+        "fitted to measured kernel tables; None: the roofline with the factors above",
+    )
 
     def overhead_of(self, kind: str) -> float:
         """Fixed seconds per forward of a unit of ``kind`` ('embed', 'decoder', 'head')."""

@@ -34,6 +34,7 @@ __all__ = [
     "SPLIT_ROUNDS",
     "START_OVERHEADS",
     "calibrate_rows",
+    "check_measured_device",
     "fit_stage_measurements",
     "points_from_rows",
     "predict_stage_seconds",
@@ -45,6 +46,37 @@ __all__ = [
 SPLIT_ROUNDS = 6
 #: starting per-unit overheads, as fractions of the smallest measured time per unit
 START_OVERHEADS = (0.0, 0.5, 0.9)
+
+
+def check_measured_device(plan_gpu: str, device: str | None, device_name: str | None = None) -> None:
+    """Refuse to fit ``plan_gpu`` from times measured on another kind of device.
+
+    Args:
+        plan_gpu: the plan's catalog GPU kind (the kind the fit would be stored for).
+        device: the torch device the ranks ran on ('cpu', 'cuda', 'cuda:N'); None: unknown (rows
+            stored before devices were recorded), not checked.
+        device_name: the CUDA device's name (``NVIDIA H100 80GB HBM3``) when known.
+
+    Raises:
+        ExecutorError: CPU times for a GPU kind, GPU times for the CPU pseudo-device, or a CUDA device
+            whose name resolves to another catalog kind.
+    """
+    if device is None:
+        return
+    kind = get_gpu(plan_gpu).name
+    measured = "CPU" if device.startswith("cpu") else None
+    if measured is None and device_name:
+        from ppplan.profiler.measure.device import resolve_cuda_gpu  # lazy: the device module imports torch
+
+        measured = resolve_cuda_gpu(device_name).name
+    on_gpu = not device.startswith("cpu")
+    if (kind == "CPU") == on_gpu or (measured is not None and measured != kind):
+        what = measured or device
+        raise ExecutorError(
+            "calibrate",
+            rule=f"the times were measured on {what}, not on the plan's {kind}: a fit is stored per GPU "
+            f"kind, so it must come from that kind (plan for {what} and run that plan to calibrate it)",
+        )
 
 
 def profile_for_plan(plan: Mapping[str, Any]) -> Any:
@@ -189,18 +221,27 @@ def fit_stage_measurements(
 
 
 def calibrate_rows(
-    plan: Mapping[str, Any], rows: Sequence[Mapping[str, Any]], plan_id: str, run_id: str | None = None
+    plan: Mapping[str, Any],
+    rows: Sequence[Mapping[str, Any]],
+    plan_id: str,
+    run_id: str | None = None,
+    device_name: str | None = None,
 ) -> tuple[Any, Any, dict[str, Any]]:
     """Fit the plan's GPU kind from measurement rows of one stored plan (no store access here).
+
+    Rows that carry a ``device`` (the torch device of the run) must come from the plan's GPU kind
+    (:func:`check_measured_device`; ``device_name``: the CUDA device's name when known).
 
     Returns:
         (calibrated analytic profile, fitted Efficiency, summary of what was fitted).
 
     Raises:
-        ExecutorError: no rows, a TP > 1 plan, nothing to fit.
+        ExecutorError: no rows, a TP > 1 plan, nothing to fit, rows measured on another device kind.
     """
     base = profile_for_plan(plan)
     gpu = plan["cluster"]["gpu"]
+    for dev in sorted({str(r["device"]) for r in rows if r.get("device")}):
+        check_measured_device(gpu, dev, device_name)
     if not rows:
         raise ExecutorError(
             "measurements", rule=f"plan {plan_id!r} has no stored measurements (run it with `ppplan run PLAN_ID`)"

@@ -177,11 +177,9 @@ def _notes(costs: Costs, best: Evaluation) -> list[str]:
             "the pinned concurrency misses the SLOs (leave --concurrency unset to search the batch); "
             "the closest configuration by the objective"
         )
-    if profile.kind == "measured" and not costs.cm.measured:
-        notes.append(
-            f"the profile was measured on {profile.device}, not {costs.setup.gpu.name}: its bytes are used, "
-            "its times are not (analytic roofline instead)"
-        )
+    note = costs.cm.profile_note()
+    if note:
+        notes.append(note)
     if profile.quantization:
         notes.append(f"weights: {profile.quantization}")
     if profile.provenance.get("notes"):

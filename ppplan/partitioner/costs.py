@@ -50,7 +50,7 @@ class Costs:
         self.req = req
         self.profile = profile
         self.setup = setup
-        self.cm = CostModel(profile, setup.gpu)
+        self.cm = CostModel(profile, setup.gpu, engine=req.engine)
         self.evaluated = 0
         self._dec_cache: dict[tuple[int, int], np.ndarray] = {}
         self._pre_cache: dict[int, np.ndarray] = {}

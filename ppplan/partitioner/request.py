@@ -273,7 +273,7 @@ class PlanRequest(BaseModel):
     @property
     def cluster_spec(self) -> Cluster:
         """The GPUs as groups of nodes: from ``cluster``, or ``gpus`` (with ``nodes``)."""
-        from ppplan.partitioner.cluster import (
+        from ppplan.partitioner.cluster import (  # lazy: cluster.py imports this module
             Cluster,
             GpuGroup,
             default_interconnect,

@@ -75,7 +75,7 @@ def points_from_profile(profile: Profile) -> list[CalibrationPoint]:
 def _components(profile: Profile, gpu: GPUSpec, points: Sequence[CalibrationPoint]) -> tuple[np.ndarray, np.ndarray]:
     """Compute time at peak (η_f = 1) and memory time at full bandwidth (η_b = 1), seconds per point."""
     analytic = profile.model_copy(update={"kind": "analytic", "calibration": {}})
-    cm = CostModel(analytic, gpu)
+    cm = CostModel(analytic, gpu, roofline=True)  # the fit's own formula, never the kernel model
     huge = 1e12  # the other roofline term vanishes next to this
     comp_only = Efficiency.model_construct(compute=1.0, memory=huge, overhead_s=0.0)
     mem_only = Efficiency.model_construct(compute=huge, memory=1.0, overhead_s=0.0)

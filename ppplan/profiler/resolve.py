@@ -3,13 +3,16 @@ inputs the pure partitioner takes: a checked :class:`Profile` and a :class:`Mode
 
 from __future__ import annotations
 
+from typing import cast
+
 from ppplan.core.model_source import ModelSource
 from ppplan.core.profile import Profile
+from ppplan.partitioner.cluster import parse_cluster_gpus
 from ppplan.partitioner.plan import Plan
 from ppplan.partitioner.request import PlanRequest
 from ppplan.partitioner.search import PlanningError, plan_model
 from ppplan.profiler.analytic import analytic_profile, model_spec
-from ppplan.profiler.configs import ModelConfig, load_model_config, preset_info
+from ppplan.profiler.configs import INLINE_SOURCE, ModelConfig, config_from_dict, load_model_config, preset_info
 
 __all__ = ["model_source", "plan_request", "resolve_inputs"]
 
@@ -17,9 +20,13 @@ __all__ = ["model_source", "plan_request", "resolve_inputs"]
 def model_source(cfg: ModelConfig) -> ModelSource:
     """The source of a loaded config, with the preset index's hub id and checkpoint dtype."""
     info = preset_info(cfg.source.removeprefix("preset:")) if cfg.source.startswith("preset:") else None
+    repo = info.hf_repo if info else None
+    if cfg.source.startswith(INLINE_SOURCE):  # an uploaded config: the engines load what it names
+        named = cfg.raw.get("_name_or_path")
+        repo = named if isinstance(named, str) and named.strip() else cfg.name
     return ModelSource(
         source=cfg.source,
-        hf_repo=info.hf_repo if info else None,
+        hf_repo=repo,
         published_checkpoint_dtype=info.published_checkpoint_dtype if info else None,
     )
 
@@ -36,10 +43,19 @@ def resolve_inputs(req: PlanRequest, profile: Profile | None = None) -> tuple[Pr
         ModelConfigError: the model cannot be loaded.
         PlanningError: the profile is for another model or other dtypes.
     """
-    cfg = load_model_config(req.model)
+    cfg = config_from_dict(req.hf_config, req.model) if req.hf_config is not None else load_model_config(req.model)
     source = model_source(cfg)
     if profile is None:
-        return analytic_profile(model_spec(cfg), req.weight_dtype, req.kv_dtype), source
+        base = analytic_profile(model_spec(cfg), req.weight_dtype, req.kv_dtype)
+        if req.kernel_db is not None:
+            base = _with_kernel_db(req, base)
+        return base, source
+    if req.kernel_db is not None:
+        raise PlanningError(
+            "kernel_db",
+            req.kernel_db,
+            rule="takes the times from the measured kernel tables; it cannot be combined with a profile",
+        )
     if profile.model.config_hash != cfg.config_hash:
         raise PlanningError(
             "profile",
@@ -55,6 +71,16 @@ def resolve_inputs(req: PlanRequest, profile: Profile | None = None) -> tuple[Pr
             f"{req.weight_dtype} and {req.kv_dtype}",
         )
     return profile, source
+
+
+def _with_kernel_db(req: PlanRequest, base: Profile) -> Profile:
+    """``base`` with kernel-table coefficients for every GPU kind of the request's cluster."""
+    from ppplan.profiler.kerneldb import require_extra  # lazy: optional extra
+    from ppplan.profiler.kerneldb_fit import kerneldb_profile  # lazy: optional extra
+
+    require_extra()
+    kinds = sorted({g.gpu.name for g in parse_cluster_gpus(req.gpus, req.nodes).groups})
+    return cast(Profile, kerneldb_profile(base, kinds, req.engine or "vllm"))
 
 
 def plan_request(req: PlanRequest, profile: Profile | None = None) -> Plan:

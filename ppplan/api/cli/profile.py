@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from ppplan.api.cli.common import err_console, fail, positive_finite, user_errors, write_json
+from ppplan.core.profile import Profile
 from ppplan.profiler.analytic import analytic_profile, model_spec
 
 __all__ = ["commands"]
@@ -40,15 +41,26 @@ def profile(
         str | None, typer.Option(help="measured grid, e.g. 'prefill=128,1024;batch=1,64;context=512'")
     ] = None,
     cpu_threads: Annotated[int | None, typer.Option(help="torch threads when measuring on CPU (1 = steadiest)")] = None,
+    tp: Annotated[
+        str,
+        typer.Option(help="measure the TP shard of each degree, e.g. 1,2,4,8 (one profile per degree: OUT.tpN.json)"),
+    ] = "1",
+    cuda_graphs: Annotated[
+        bool,
+        typer.Option(
+            "--cuda-graphs/--eager",
+            help="time decode as CUDA-graph replays, as engines run it (CUDA only; CPU measures eagerly)",
+        ),
+    ] = True,
 ) -> None:
     """Profile a model per planning unit: analytic (bytes, FLOPs) or measured with torch."""
     if analytic and device:
         fail("--analytic and --device exclude each other: an analytic profile measures nothing")
     if not analytic and not device:
         fail("choose --analytic, or --device cpu|cuda to measure")
-    if analytic and (gpu or grid or budget_seconds is not None or cpu_threads is not None):
+    if analytic and (gpu or grid or budget_seconds is not None or cpu_threads is not None or tp != "1"):
         fail(
-            "--gpu, --grid, --budget-seconds and --cpu-threads apply to a measured profile (--device), "
+            "--gpu, --grid, --budget-seconds, --cpu-threads and --tp apply to a measured profile (--device), "
             "not to --analytic"
         )
     if cpu_threads is not None and not 1 <= cpu_threads <= max(1, 4 * (os.cpu_count() or 1)):
@@ -57,10 +69,15 @@ def profile(
             f"(this host has {os.cpu_count()} CPUs)"
         )
     if analytic:
-        prof = analytic_profile(model_spec(model), weight_dtype, kv_dtype)
-    else:
-        from ppplan.profiler.measure import run_profile_cli  # lazy: imports torch; the CLI must start without it
+        _write(analytic_profile(model_spec(model), weight_dtype, kv_dtype), out)
+        return
+    from ppplan.profiler.measure import run_profile_cli  # lazy: imports torch; the CLI must start without it
+    from ppplan.profiler.measure.shards import parse_tp_degrees  # lazy: with the measuring code
 
+    degrees = parse_tp_degrees(tp)
+    if len(degrees) > 1 and out is None:
+        fail("tp: several degrees write one profile each; give --out FILE (written as FILE.tpN.json)")
+    for t in degrees:
         prof = run_profile_cli(
             model=model,
             device=device or "cpu",
@@ -71,7 +88,14 @@ def profile(
             console=err_console,
             grid=grid,
             cpu_threads=cpu_threads,
+            tp=t,
+            cuda_graphs=cuda_graphs,
         )
+        dest = out if out is None or len(degrees) == 1 else out.with_name(f"{out.stem}.tp{t}{out.suffix or '.json'}")
+        _write(prof, dest)
+
+
+def _write(prof: Profile, out: Path | None) -> None:
     write_json(out or Path("-"), prof.to_json())
     if out:
         err_console.print(f"wrote {out} ({prof.label}, {len(prof.units)} units)")

@@ -13,7 +13,7 @@ import platform
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -48,6 +48,8 @@ TIMED_STEPS_CPU = 5
 MIN_TIMED_STEPS = 3
 #: a forward slower than this (seconds) uses MIN_TIMED_STEPS
 SLOW_FORWARD_S = 0.5
+#: untimed steps on a side stream before a CUDA-graph capture (allocator and library warm-up)
+GRAPH_WARMUP_STEPS = 2
 
 
 def _alnum(s: str) -> str:
@@ -184,6 +186,8 @@ class Timing:
     """interquartile range of the timed steps (max − min below four steps), seconds"""
     peak_bytes: int | None
     """transient memory of one step above what was allocated before it, bytes"""
+    graph: bool = False
+    """the timed steps replayed a captured CUDA graph (as engines replay decode)"""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -193,18 +197,29 @@ class Timer:
     dev: Device
     warmup: int
     timed: int
+    graphs: bool = False
+    """capture graph-eligible steps (decode) in a CUDA graph and time its replay; CUDA only"""
+    graph_fallbacks: list[str] = field(default_factory=list)
+    """why a capture failed, per step timed eagerly instead (the profile says so)"""
 
-    def run(self, step: Callable[[], Any], reset: Callable[[], None] | None = None) -> Timing:
+    def run(self, step: Callable[[], Any], reset: Callable[[], None] | None = None, *, graph: bool = False) -> Timing:
         """Time ``step``; ``reset`` runs before each step, untimed.
 
         One untimed forward first reads the peak memory (the tracker on CPU, the allocator's
         counters on GPU); a step slower than ``SLOW_FORWARD_S`` cuts the timed steps to
-        ``MIN_TIMED_STEPS``.
+        ``MIN_TIMED_STEPS``. With ``graph`` (and :attr:`graphs` on a CUDA device) the step is
+        captured once in a CUDA graph and the graph's replay is what is timed, as engines replay
+        decode; a step that cannot be captured is timed eagerly and noted in :attr:`graph_fallbacks`.
         """
         if reset:
             reset()
         t0 = time.perf_counter()
         peak = self._peak_of(step)
+        replayed = False
+        if graph and self.graphs and self.dev.cuda:
+            captured = self._capture(step, reset)
+            if captured is not None:
+                step, replayed = captured, True
         first = time.perf_counter() - t0
         for _ in range(self.warmup):
             if reset:
@@ -219,7 +234,29 @@ class Timer:
             if reset:
                 reset()
             times.append(self._timed_step(step))
-        return Timing(median_s=statistics.median(times), spread_s=_iqr(times), peak_bytes=peak)
+        return Timing(median_s=statistics.median(times), spread_s=_iqr(times), peak_bytes=peak, graph=replayed)
+
+    def _capture(self, step: Callable[[], Any], reset: Callable[[], None] | None) -> Callable[[], Any] | None:
+        """``step`` captured in a CUDA graph (its replay), or None when it cannot be captured."""
+        try:
+            side = torch.cuda.Stream(device=self.dev.torch_device)
+            side.wait_stream(torch.cuda.current_stream(self.dev.torch_device))
+            with torch.cuda.stream(side):  # warm-up on a side stream, as torch's capture recipe asks
+                for _ in range(GRAPH_WARMUP_STEPS):
+                    if reset:
+                        reset()
+                    step()
+            torch.cuda.current_stream(self.dev.torch_device).wait_stream(side)
+            g = torch.cuda.CUDAGraph()
+            if reset:
+                reset()
+            with torch.cuda.graph(g):
+                step()
+            self.dev.sync()
+        except RuntimeError as exc:  # a step with host syncs or dynamic allocations cannot be captured
+            self.graph_fallbacks.append(str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__)
+            return None
+        return g.replay
 
     def _peak_of(self, step: Callable[[], Any]) -> int:
         dev = self.dev

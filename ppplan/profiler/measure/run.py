@@ -38,6 +38,7 @@ from ppplan.profiler.measure.device import (
 from ppplan.profiler.measure.errors import MeasureError
 from ppplan.profiler.measure.grid import CPU_GRIDS, CUDA_GRIDS, GRID_ENV, ProfileGrid, parse_grid
 from ppplan.profiler.measure.memory import check_memory, estimate_seconds, grids_that_fit
+from ppplan.profiler.measure.shards import shard_hf_config
 from ppplan.profiler.measure.units import SEED, UnitContext, UnitMeasurement, measure_edge, rotary_of
 
 __all__ = ["iter_points", "run_profile", "run_profile_cli"]
@@ -176,6 +177,9 @@ def _provenance(
     prov.update(
         {
             "source": "measured",
+            # each kernel launched from Python: engines replay decode from CUDA graphs, so the cost
+            # model prefers its engine-realistic kernel times over these where it has them
+            "timing": "eager",
             "cost_model": COST_MODEL_VERSION,
             "spec_version": SPEC_VERSION,
             "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
@@ -240,6 +244,8 @@ def run_profile(
     gpu: str | None = None,
     cpu_threads: int | None = None,
     console: Any | None = None,
+    tp: int = 1,
+    cuda_graphs: bool = False,
 ) -> Profile:
     """Measure every distinct planning unit of ``model`` on ``device`` and return a measured Profile.
 
@@ -258,6 +264,11 @@ def run_profile(
         cpu_threads: torch intra-op threads while measuring on CPU (default: torch's current
             setting); one thread gives steadier numbers on a shared host.
         console: a rich Console for the progress bar (None: silent).
+        tp: measure the shard one of ``tp`` tensor-parallel ranks runs
+            (:func:`ppplan.profiler.measure.shards.shard_hf_config`); the profile's bytes and FLOPs
+            stay the whole model's, its provenance records ``tp`` and the cost model scales from there.
+        cuda_graphs: on CUDA, time decode steps as CUDA-graph replays (engines' decode); CPU: ignored
+            (no graphs), the profile is labelled eager.
 
     Returns:
         A schema-v1 Profile, ``kind='measured'``, ``device`` = the catalog name, with the units and
@@ -274,7 +285,7 @@ def run_profile(
     dtype_bytes = int(element_bytes(weight_dtype))
     distinct = _distinct_units(base.units)
     if dev.cuda:
-        timer = Timer(dev=dev, warmup=WARMUP_STEPS_CUDA, timed=TIMED_STEPS_CUDA)
+        timer = Timer(dev=dev, warmup=WARMUP_STEPS_CUDA, timed=TIMED_STEPS_CUDA, graphs=cuda_graphs)
     else:
         timer = Timer(dev=dev, warmup=WARMUP_STEPS_CPU, timed=TIMED_STEPS_CPU)
     choice = _choose_grid(grid, distinct, base, spec, timer, dtype_bytes, budget_seconds)
@@ -282,7 +293,7 @@ def run_profile(
 
     from ppplan.profiler.models import build_hf_config, build_meta_model  # lazy: imports transformers (~2 s)
 
-    hf = build_hf_config(cfg)
+    hf = shard_hf_config(build_hf_config(cfg), tp)
     meta = build_meta_model(hf)
     ctx = UnitContext(
         spec=spec,
@@ -320,6 +331,11 @@ def run_profile(
         distinct=len(distinct),
         budget_seconds=budget_seconds,
     )
+    prov["tp"] = tp
+    if timer.graphs:
+        prov["timing"] = "mixed" if timer.graph_fallbacks else "cuda-graph"
+        if timer.graph_fallbacks:
+            prov["graph_fallbacks"] = f"{len(timer.graph_fallbacks)} step(s) timed eagerly: {timer.graph_fallbacks[0]}"
     return base.model_copy(update={"kind": "measured", "device": dev.catalog.name, "units": units, "provenance": prov})
 
 
@@ -334,6 +350,8 @@ def run_profile_cli(
     console: Any | None,
     grid: str | None = None,
     cpu_threads: int | None = None,
+    tp: int = 1,
+    cuda_graphs: bool = False,
 ) -> Profile:
     """``ppplan profile MODEL --device …``: :func:`run_profile` with a progress bar and a summary line.
 
@@ -350,13 +368,16 @@ def run_profile_cli(
         gpu=gpu,
         cpu_threads=cpu_threads,
         console=console,
+        tp=tp,
+        cuda_graphs=cuda_graphs,
     )
     if console is not None:
         pv = prof.provenance
         skipped = pv.get("points_skipped_for_budget") or 0
         console.print(
             f"measured {pv['distinct_units']} distinct of {pv['units']} units on {pv['device_name']} "
-            f"(catalog {prof.device}, {pv['dtype']}) in {pv['profile_seconds']:.1f} s; grid {pv['grid']}"
+            f"(catalog {prof.device}, {pv['dtype']}, TP shard {tp}, {pv['timing']} timing) in "
+            f"{pv['profile_seconds']:.1f} s; grid {pv['grid']}"
             + (f"; {skipped} point(s) skipped to stay within the budget" if skipped else ""),
             highlight=False,
         )
