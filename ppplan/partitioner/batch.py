@@ -43,6 +43,9 @@ def _largest(ok: Callable[[int], bool], lo: int, hi: int) -> int | None:
     """Largest b in [lo, hi] with ok(b), for ok true below a threshold; None when ok(lo) is false."""
     if hi < lo or not ok(lo):
         return None
+    if ok(hi):  # no SLO binds (often: none given): no bisection
+        return hi
+    hi -= 1
     while lo < hi:
         mid = (lo + hi + 1) // 2
         if ok(mid):

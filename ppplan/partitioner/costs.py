@@ -305,11 +305,13 @@ class Costs:
         *,
         exact: bool = False,
         closed_loop: bool = False,
+        load: bool = False,
     ) -> Evaluation:
         """``lay`` with the schedule a slowest stage of ``bottleneck`` seconds gives, and its latencies
-        under load: from the queueing approximation when ``exact``, else lower bounds (the idle
-        TTFT, the work-free cycle) for branch and bound. ``closed_loop`` ignores the request rate
-        (the saturated figures of the Pareto front)."""
+        under load: from the queueing approximation when ``exact`` and the load decides (a rate or a
+        TTFT SLO) or ``load`` asks for them, else lower bounds (the idle TTFT, the work-free cycle)
+        for branch and bound. ``closed_loop`` ignores the request rate (the saturated figures of the
+        Pareto front)."""
         cycle = max(lay.micro_batches, lay.pp) * bottleneck
         rc = self.replica_cost(lay, bottleneck)
         o = self.setup.output_tokens
@@ -322,7 +324,8 @@ class Costs:
         stable = rate <= cap
         # bounds suffice for branch and bound unless the load decides: the queueing model at the
         # optimistic costs is still optimistic (latencies only grow with the stage times)
-        if exact or given is not None or self.req.max_ttft_ms is not None:
+        loaded = given is not None or self.req.max_ttft_ms is not None or (exact and load)
+        if loaded:
             # a closed loop at the planned concurrency (no rate given) never waits for a seat
             seats = rc if given is not None else replace(rc, max_seqs=_CLOSED_LOOP_SEATS * lay.sequences + 64)
             pred = closed_form(seats, self.workload, rate)
@@ -344,6 +347,7 @@ class Costs:
             capacity=cap,
             slo_met=self._meets(tpot, p90) and stable,
             sizes=sizes,
+            loaded=loaded,
         )
 
     def _meets(self, tpot: float, ttft_p90: float) -> bool:
@@ -374,4 +378,10 @@ class Costs:
         res = solve_partition(self.problem(lay), tie_break=final, explain=final)
         if not res.optimal:
             return Evaluation(layout=lay, reason=res.reason)
-        return self.scored(lay, res.bottleneck, res.sizes, exact=True)
+        return self.scored(lay, res.bottleneck, res.sizes, exact=True, load=final)
+
+    def with_load(self, e: Evaluation) -> Evaluation:
+        """``e`` with its latencies under load (for the points a plan shows)."""
+        if e.loaded or not e.feasible:
+            return e
+        return self.scored(e.layout, e.bottleneck, e.sizes, exact=True, load=True)

@@ -81,6 +81,8 @@ class Evaluation:
     slo_met: bool = False
     sizes: tuple[int, ...] | None = None
     """decoder layers per stage, once the cut is solved"""
+    loaded: bool = False
+    """``ttft_p50``/``ttft_p90`` come from the load model (else they are the idle TTFT, a bound)"""
     reason: str | None = None
     """why the layout does not fit"""
 

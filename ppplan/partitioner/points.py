@@ -43,7 +43,7 @@ def candidate(e: Evaluation, chosen: Evaluation | None = None) -> Candidate:
         ttft_ms=e.ttft * 1e3,
         slo_met=e.slo_met,
         tokens_per_s_per_user=1.0 / e.tpot if e.tpot > 0 else None,
-        ttft_p90_ms=finite_ms(e.ttft_p90),
+        ttft_p90_ms=finite_ms(e.ttft_p90) if e.loaded else None,
         chosen=chosen is not None and e.layout == chosen.layout,
     )
 
