@@ -14,10 +14,20 @@ from ppplan.api.store import repo
 from ppplan.api.store.engine import session_scope
 from ppplan.api.store_lookup import database_url
 from ppplan.executor.calibration import calibrate_rows
+from ppplan.executor.load_report import load_rows
 from ppplan.executor.report import store_rows
 from ppplan.executor.spec import ExecutorError
 
-__all__ = ["calibrate_from_measurements", "load_stored_plan", "store_measurements", "stored_measurements"]
+__all__ = [
+    "STAGE_PHASES",
+    "calibrate_from_measurements",
+    "load_stored_plan",
+    "store_measurements",
+    "stored_measurements",
+]
+
+STAGE_PHASES = ("prefill", "decode")
+"""phases of stage step rows (plain runs); load runs store ``ttft`` and ``tpot`` rows"""
 
 
 def load_stored_plan(plan_id: str) -> dict[str, Any] | None:
@@ -28,14 +38,17 @@ def load_stored_plan(plan_id: str) -> dict[str, Any] | None:
 
 
 def store_measurements(plan_id: str, report: dict[str, Any]) -> tuple[int, str]:
-    """Store ``report``'s rows for ``plan_id``; returns (rows stored, run id).
+    """Store ``report``'s rows for ``plan_id``; returns (rows stored, run id). A plain run stores
+    stage rows (phases ``prefill``/``decode``), a load run per-request rows (phases ``ttft``/``tpot``,
+    see :func:`ppplan.executor.load_report.load_rows`).
 
     Raises:
         ExecutorError: the plan is not stored.
     """
     run_id = f"run-{uuid.uuid4().hex[:12]}"
+    rows = load_rows(report, run_id) if report.get("kind") == "load" else store_rows(report, run_id)
     with session_scope(database_url()) as session:
-        n = repo.add_measurements(session, plan_id, store_rows(report, run_id))
+        n = repo.add_measurements(session, plan_id, rows)
     if n is None:
         raise ExecutorError("plan", plan_id, rule="is not a stored plan id; measurements are stored for stored plans")
     return n, run_id
@@ -66,7 +79,8 @@ def calibrate_from_measurements(
     plan = load_stored_plan(plan_id)
     if plan is None:
         raise ExecutorError("plan", rule=f"{plan_id!r} is not a stored plan id")
-    rows = stored_measurements(plan_id, run_id) or []
+    # load runs' per-request TTFT/TPOT rows are latencies, not stage step times
+    rows = [r for r in stored_measurements(plan_id, run_id) or [] if r["phase"] in STAGE_PHASES]
     prof, eff, summary = calibrate_rows(plan, rows, plan_id, run_id)
     if save:
         with session_scope(database_url()) as session:

@@ -10,10 +10,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from ppplan.core.costmodel import CostModel
+from ppplan.core.gpus import get_gpu
 from ppplan.executor.calibration import predict_stage_seconds, profile_for_plan
 from ppplan.executor.spec import ExecutorError
+from ppplan.partitioner.dp import solve_partition
+from ppplan.partitioner.problem import PartitionProblem
 
-__all__ = ["parse_partition", "recut"]
+__all__ = ["parse_partition", "recut", "speed_cut"]
 
 
 def parse_partition(text: str) -> list[int]:
@@ -83,3 +87,40 @@ def recut(plan: dict[str, Any], sizes: list[int]) -> dict[str, Any]:
         f"re-cut to {sizes} by the executor (was {plan['partition']}); stage memory figures are the original cut's",
     ]
     return out
+
+
+def _unit_decode_seconds(plan: dict[str, Any]) -> list[float]:
+    """Decode seconds of each planning unit (embedding, layers, head) for one micro-batch: the plan's
+    ``units[i].decode_ms`` when it lists them, else the analytic cost model at the plan's workload."""
+    units = plan.get("units") or []
+    L = int(plan["model"]["num_layers"])
+    if len(units) == L + 2 and all("decode_ms" in u for u in units):
+        return [float(u["decode_ms"]) / 1e3 for u in units]
+    wl, b = plan["workload"], int(plan["degrees"]["micro_batch_size"])
+    cm = CostModel(profile_for_plan(plan), get_gpu(plan["cluster"]["gpu"]))
+    ctx = int(wl["prompt_tokens"]) + int(wl["output_tokens"]) // 2
+    return [float(x) for x in cm.unit_times(1, "decode", b, ctx)]
+
+
+def speed_cut(plan: dict[str, Any], speeds: list[float]) -> list[int]:
+    """Decoder layers per stage that balance stages running at ``speeds`` (time multipliers, e.g.
+    ``[1, 3]``: stage 1 takes three times as long for the same layers): the planner's exact DP
+    (:func:`ppplan.partitioner.dp.solve_partition` with ``stage_speed``) over the plan's unit decode
+    times, every stage keeping at least one decoder layer.
+
+    Raises:
+        ExecutorError: a speed per stage is not given, or fewer decoder layers than stages.
+    """
+    pp = len(plan["stages"])
+    if len(speeds) != pp or not all(s > 0 for s in speeds):
+        raise ExecutorError("stage_speed", speeds, rule=f"needs one positive time multiplier per stage ({pp})")
+    t = _unit_decode_seconds(plan)
+    # the embedding stays with the first decoder layer and the LM head with the last: every stage
+    # keeps at least one decoder layer (the executor's contract), which the DP's units then guarantee
+    layers = [*t[1:-1]]
+    layers[0] += t[0]
+    layers[-1] += t[-1]
+    sol = solve_partition(PartitionProblem(time=tuple(layers), stages=pp, stage_speed=tuple(speeds)))
+    if not sol.has_cut:
+        raise ExecutorError("stage_speed", speeds, rule=f"no cut of the {len(layers)} decoder layers: {sol.status}")
+    return list(sol.sizes)

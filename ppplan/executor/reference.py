@@ -14,13 +14,22 @@ from typing import Any
 import torch
 
 from ppplan.executor.schedule import prompts
+from ppplan.executor.serve import request_prompt
 from ppplan.executor.stage import dtype_of, rotary_embedding
 from ppplan.executor.weights import materialise
 from ppplan.profiler.configs import load_model_config
 from ppplan.profiler.hf_compat import cache_kwargs
 from ppplan.profiler.models import build_hf_config, build_meta_model
 
-__all__ = ["LOGITS_TOLERANCE", "LOGITS_TOLERANCE_ULPS", "CheckResult", "compare", "reference_outputs"]
+__all__ = [
+    "LOGITS_TOLERANCE",
+    "LOGITS_TOLERANCE_ULPS",
+    "CheckResult",
+    "compare",
+    "compare_requests",
+    "reference_outputs",
+    "reference_requests",
+]
 
 #: smallest allowed |pipeline logit - reference logit| tolerance per dtype (an absolute floor)
 LOGITS_TOLERANCE = {"float32": 1e-4, "bfloat16": 5e-2, "float16": 1e-2}
@@ -97,6 +106,26 @@ def reference_outputs(
 
     ``use_cache=False`` recomputes the whole sequence at every step instead of decoding over the KV
     cache: an oracle that does not trust the cache path (a test compares the two)."""
+    model, hf, dev = _reference_model(model_name, seed=seed, dtype=dtype, device=device, checkpoint=checkpoint)
+    M, b, P, N = (
+        workload["micro_batches"],
+        workload["micro_batch_size"],
+        workload["prompt_tokens"],
+        workload["new_tokens"],
+    )
+    ids = prompts(seed, int(hf.vocab_size), M, b, P)
+    toks, logs = [], []
+    for m in range(M):
+        tk, lg = _greedy(model, ids[m].to(dev), N, use_cache=use_cache)
+        toks.append(tk)
+        logs.append(lg)
+    return {"tokens": torch.stack(toks), "logits": torch.stack(logs)}
+
+
+def _reference_model(
+    model_name: str, *, seed: int, dtype: str, device: str, checkpoint: str | None
+) -> tuple[Any, Any, torch.device]:
+    """The unsplit model with the run's weights, its HF config and device."""
     hf = build_hf_config(load_model_config(model_name))
     hf._attn_implementation = "sdpa"
     model = build_meta_model(hf).eval()
@@ -117,33 +146,80 @@ def reference_outputs(
             parent = model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model
             setattr(parent, name.rsplit(".", 1)[-1], rot)
             break
-    M, b, P, N = (
-        workload["micro_batches"],
-        workload["micro_batch_size"],
-        workload["prompt_tokens"],
-        workload["new_tokens"],
-    )
-    ids = prompts(seed, int(hf.vocab_size), M, b, P)
-    toks, logs = [], []
-    for m in range(M):
-        out = model(input_ids=ids[m].to(dev), use_cache=True, logits_to_keep=1)
-        cache = getattr(out, "past_key_values", None) or getattr(out, "cache", None)
-        lg = [out.logits[:, -1].float()]
-        tk = [lg[-1].argmax(-1)]
-        for _ in range(1, N):
-            if not use_cache:
-                seq = torch.cat([ids[m].to(dev), torch.stack(tk, 1)], 1)
-                out = model(input_ids=seq, use_cache=False, logits_to_keep=1)
-                lg.append(out.logits[:, -1].float())
-                tk.append(lg[-1].argmax(-1))
-                continue
-            out = model(input_ids=tk[-1].unsqueeze(-1), use_cache=True, logits_to_keep=1, **cache_kwargs(model, cache))
-            cache = getattr(out, "past_key_values", None) or getattr(out, "cache", None)
+    return model, hf, dev
+
+
+def _greedy(model: Any, ids: torch.Tensor, N: int, *, use_cache: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Greedy tokens ``[b, N]`` and last-position logits ``[b, N, vocab]`` (CPU) after prompts ``ids [b, P]``."""
+    out = model(input_ids=ids, use_cache=True, logits_to_keep=1)
+    cache = getattr(out, "past_key_values", None) or getattr(out, "cache", None)
+    lg = [out.logits[:, -1].float()]
+    tk = [lg[-1].argmax(-1)]
+    for _ in range(1, N):
+        if not use_cache:
+            seq = torch.cat([ids, torch.stack(tk, 1)], 1)
+            out = model(input_ids=seq, use_cache=False, logits_to_keep=1)
             lg.append(out.logits[:, -1].float())
             tk.append(lg[-1].argmax(-1))
-        toks.append(torch.stack(tk, 1).cpu())
-        logs.append(torch.stack(lg, 1).cpu())
-    return {"tokens": torch.stack(toks), "logits": torch.stack(logs)}
+            continue
+        out = model(input_ids=tk[-1].unsqueeze(-1), use_cache=True, logits_to_keep=1, **cache_kwargs(model, cache))
+        cache = getattr(out, "past_key_values", None) or getattr(out, "cache", None)
+        lg.append(out.logits[:, -1].float())
+        tk.append(lg[-1].argmax(-1))
+    return torch.stack(tk, 1).cpu(), torch.stack(lg, 1).cpu()
+
+
+@torch.inference_mode()
+def reference_requests(
+    model_name: str,
+    requests: list[tuple[int, int, int]],
+    *,
+    seed: int,
+    load_seed: int,
+    dtype: str,
+    device: str,
+    checkpoint: str | None,
+) -> dict[int, dict[str, torch.Tensor]]:
+    """Per request (index, prompt tokens, output tokens) of a load run: the unsplit model's greedy
+    ``tokens [N]`` and ``logits [N, vocab]``, one request at a time, on the run's prompts."""
+    model, hf, dev = _reference_model(model_name, seed=seed, dtype=dtype, device=device, checkpoint=checkpoint)
+    out = {}
+    for idx, P, N in requests:
+        ids = request_prompt(load_seed, idx, int(hf.vocab_size), P).unsqueeze(0).to(dev)
+        tk, lg = _greedy(model, ids, N)
+        out[idx] = {"tokens": tk[0], "logits": lg[0]}
+    return out
+
+
+def compare_requests(
+    run: dict[str, dict[int, Any]], ref: dict[int, dict[str, torch.Tensor]], dtype: str
+) -> CheckResult:
+    """:func:`compare` over a load run's requests (each its own sequence), merged into one result;
+    ``run`` holds ``tokens`` (lists of ids) and ``logits`` (``[N, vocab]``) per request index."""
+    parts = []
+    for idx, want in ref.items():
+        got_t = torch.tensor(run["tokens"].get(idx, []), dtype=torch.int64)
+        got_l = run["logits"].get(idx, torch.empty(0))
+        mine = {"tokens": got_t.reshape(1, 1, -1), "logits": got_l.reshape(1, 1, *got_l.shape[-2:])}
+        theirs = {
+            "tokens": want["tokens"].reshape(1, 1, -1),
+            "logits": want["logits"].reshape(1, 1, -1, want["logits"].shape[-1]),
+        }
+        parts.append(compare(mine, theirs, dtype))
+    firsts = [p.first_divergence_step for p in parts if p.first_divergence_step is not None]
+    return CheckResult(
+        passed=all(p.passed for p in parts),
+        tokens_equal=all(p.tokens_equal for p in parts),
+        token_mismatches=sum(p.token_mismatches for p in parts),
+        tokens_total=sum(p.tokens_total for p in parts),
+        logits_max_abs_diff=max((p.logits_max_abs_diff for p in parts), default=0.0),
+        tolerance=max((p.tolerance for p in parts), default=LOGITS_TOLERANCE[dtype]),
+        dtype=dtype,
+        diverged_at_near_tie=sum(p.diverged_at_near_tie for p in parts),
+        diverged_otherwise=sum(p.diverged_otherwise for p in parts),
+        first_divergence_step=min(firsts) if firsts else None,
+        compared_steps=sum(p.compared_steps for p in parts),
+    )
 
 
 def compare(run: dict[str, torch.Tensor], ref: dict[str, torch.Tensor], dtype: str) -> CheckResult:

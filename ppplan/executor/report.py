@@ -87,6 +87,13 @@ def build_report(
     }
     notes = [f"workload: {workload_note}"]
     notes.extend(sorted({n for r in result["ranks"] for n in r.get("tp_notes", [])}))
+    ep = [r["ep_dispatch"] for r in result["ranks"] if "ep_dispatch" in r]
+    if ep:
+        total, remote = sum(d["assignments"] for d in ep), sum(d["remote"] for d in ep)
+        notes.append(
+            f"expert dispatch (warm-up included): {remote} of {total} (token, expert) assignments went to "
+            "another EP rank"
+        )
     if not same_device:
         notes.append(
             f"the plan predicts {plan['cluster']['gpu']} times; this run used {device} ranks, so the "
@@ -113,6 +120,7 @@ def build_report(
         "stages": stages,
         "check": check,
         "notes": notes,
+        "ep_dispatch": {"assignments": total, "remote": remote} if ep else None,
     }
 
 

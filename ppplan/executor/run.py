@@ -12,9 +12,18 @@ import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
+from ppplan.executor.arrivals import LoadSpec, requests_of
 from ppplan.executor.launch import LaunchOptions, launch
 from ppplan.executor.report import build_report
-from ppplan.executor.spec import ExecutorError, RankFailedError, RunSpec, as_device, resolve_workload
+from ppplan.executor.spec import (
+    MAX_WORKLOAD,
+    ExecutorError,
+    RankFailedError,
+    RunSpec,
+    Workload,
+    as_device,
+    resolve_workload,
+)
 from ppplan.profiler.configs import ModelConfigError, load_model_config
 
 __all__ = ["check_runnable", "model_name_of", "run_plan"]
@@ -136,6 +145,8 @@ def run_plan(
     check: bool = True,
     warmup: bool = True,
     plan_id: str | None = None,
+    load: LoadSpec | None = None,
+    slow_ranks: dict[int, float] | None = None,
 ) -> dict[str, Any] | None:
     """Execute ``plan`` (Plan JSON v1 as a dict) and return the report (None on a node other than 0).
 
@@ -153,6 +164,9 @@ def run_plan(
         check: compare with the unsplit model (node 0).
         warmup: run a short unmeasured pass first.
         plan_id: the stored plan's id, copied into the report.
+        load: serve this Poisson request stream with continuous batching (:mod:`executor.serve`)
+            instead of the fixed micro-batch schedule; the report then has measured TTFT/TPOT.
+        slow_ranks: global rank → factor ≥ 1 by which that rank's compute is stretched.
 
     Raises:
         ExecutorError: a plan or option the executor cannot run.
@@ -170,7 +184,9 @@ def run_plan(
         micro_batch_size=micro_batch_size,
     )
     pp, tp = plan["degrees"]["pp"], plan["degrees"]["tp"]
-    world = pp * tp
+    ep = expert_degree(plan, wl.micro_batch_size, notes)
+    world = pp * tp * ep
+    wl = _check_load(load, tp * ep, world, slow_ranks) or wl
     backend: Literal["gloo", "nccl"] = "gloo"
     if device == "cuda":
         import torch  # lazy: importing the executor (the CLI) must not import torch
@@ -206,8 +222,11 @@ def run_plan(
             out_dir=str(rdir),
             timeout_s=timeout_s,
             warmup=warmup,
-            stage_first_rank=[s * tp for s in range(pp)],
+            stage_first_rank=[s * tp * ep for s in range(pp)],
             tp=tp,
+            ep=ep,
+            stream=load.to_dict() if load is not None else None,
+            slow_ranks={str(r): float(f) for r, f in (slow_ranks or {}).items()},
         )
         spec_path = rdir / "spec.json"
         spec.save(spec_path)
@@ -218,6 +237,8 @@ def run_plan(
         if not result_path.exists():
             raise RankFailedError(f"every rank exited cleanly but rank 0 wrote no {result_path}")
         result = json.loads(result_path.read_text())
+        if load is not None:
+            return _load_report(plan, result, rdir, name, load, notes, check=check, plan_id=plan_id)
         chk = None
         if check:
             import torch  # lazy: importing the executor (the CLI) must not import torch
@@ -237,3 +258,90 @@ def run_plan(
     finally:
         if own_dir:
             shutil.rmtree(rdir, ignore_errors=True)
+
+
+def expert_degree(plan: dict[str, Any], micro_batch_size: int, notes: list[str]) -> int:
+    """The plan's expert-parallel degree as the executor runs it (``degrees.ep``, 1 when absent).
+
+    EP > 1 runs attention data-parallel over the stage's EP ranks (DeepSeek's layout), so it needs
+    TP 1, ``degrees.attention_dp`` equal to EP (or absent/1, taken as EP, noted) and a micro-batch
+    that splits evenly over the EP ranks.
+
+    Raises:
+        ExecutorError: a layout the executor does not run, naming the field.
+    """
+    deg = plan["degrees"]
+    ep, adp = int(deg.get("ep", 1) or 1), int(deg.get("attention_dp", 1) or 1)
+    if ep == 1:
+        return 1
+    if int(deg["tp"]) != 1:
+        raise ExecutorError(
+            "degrees.ep", ep, rule=f"with TP {deg['tp']}: the executor runs EP with data-parallel attention, TP 1"
+        )
+    if adp not in (1, ep):
+        raise ExecutorError("degrees.attention_dp", adp, rule=f"must equal degrees.ep ({ep}) in the executor")
+    if adp == 1:
+        notes.append(f"degrees.attention_dp is 1: attention runs data-parallel over the {ep} EP ranks")
+    if micro_batch_size % ep:
+        raise ExecutorError(
+            "micro_batch_size", micro_batch_size, rule=f"must split evenly over the {ep} EP ranks (DP attention)"
+        )
+    return ep
+
+
+def _check_load(load: LoadSpec | None, tp: int, world: int, slow_ranks: dict[int, float] | None) -> Workload | None:
+    """Refuse a load run of a TP plan and slowed ranks outside the world; a load run's spec workload
+    (it only bounds the shapes a rank may meet: the longest prompt and output the stream draws)."""
+    bad = [r for r in (slow_ranks or {}) if not 0 <= r < world]
+    if bad:
+        raise ExecutorError("slow_rank", bad[0], rule=f"must be a rank in 0..{world - 1}")
+    if load is None:
+        return None
+    if tp > 1:
+        raise ExecutorError(
+            "degrees", tp, rule="a load run (--workload) runs one rank per stage (no TP or EP): one scheduler per stage"
+        )
+    return Workload(
+        prompt_tokens=min(4 * load.prompt_tokens, MAX_WORKLOAD["prompt_tokens"]),
+        new_tokens=min(4 * load.output_tokens, MAX_WORKLOAD["new_tokens"]),
+        micro_batches=min(load.groups, MAX_WORKLOAD["micro_batches"]),
+        micro_batch_size=1,
+    )
+
+
+def _load_report(
+    plan: dict[str, Any],
+    result: dict[str, Any],
+    rdir: Path,
+    name: str,
+    load: LoadSpec,
+    notes: list[str],
+    *,
+    check: bool,
+    plan_id: str | None,
+) -> dict[str, Any]:
+    """The report of a load run: every request's tokens and logits checked against the unsplit model
+    (when ``check``), measured TTFT/TPOT percentiles next to the predicted ones."""
+    import torch  # lazy: importing the executor (the CLI) must not import torch
+
+    from ppplan.executor.load_report import build_load_report  # lazy: imports numpy
+    from ppplan.executor.reference import compare_requests, reference_requests  # lazy: imports torch
+
+    spec = RunSpec.load(rdir / "spec.json")
+    chk = None
+    if check:
+        outputs = torch.load(rdir / "outputs.pt")
+        reqs = [(r.index, r.prompt_tokens, r.output_tokens) for r in requests_of(load)]
+        ref = reference_requests(
+            name,
+            reqs,
+            seed=spec.seed,
+            load_seed=load.seed,
+            dtype=spec.dtype,
+            device=spec.device,
+            checkpoint=spec.checkpoint,
+        )
+        chk = compare_requests(outputs, ref, spec.dtype).to_dict()
+    report = build_load_report(plan, result, load, check=chk, device=spec.device, plan_id=plan_id)
+    report["notes"].extend(notes)
+    return report

@@ -16,7 +16,7 @@ import torch.distributed as dist
 
 from ppplan.executor.spec import RankFailedError, RunSpec
 
-__all__ = ["FAIL_ENV", "PhaseStats", "Ring", "prompts", "run_schedule"]
+__all__ = ["FAIL_ENV", "PhaseStats", "PostedRecv", "Ring", "prompts", "run_schedule", "stretch"]
 
 #: test hook: ``RANK:PHASE:STEP`` makes that rank exit abruptly (status 17) at that point, e.g. ``1:decode:2``
 FAIL_ENV = "PPPLAN_EXECUTOR_FAIL"
@@ -56,6 +56,16 @@ class PhaseStats:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class PostedRecv:
+    """A receive posted with :meth:`Ring.post_recv`."""
+
+    work: Any
+    buf: torch.Tensor
+    stage: int
+    src: int
+
+
 class Ring:
     """Point-to-point traffic of one rank, with timeouts and byte counts."""
 
@@ -85,26 +95,49 @@ class Ring:
         self.pending = [(w, b) for w, b in self.pending if not w.is_completed()]
         stats.send_s += time.perf_counter() - t0
 
-    def recv(
-        self, shape: tuple[int, ...], dtype: torch.dtype, from_stage: int, what: str, stats: PhaseStats
-    ) -> torch.Tensor:
+    def post_recv(self, shape: tuple[int, ...], dtype: torch.dtype, from_stage: int) -> PostedRecv:
+        """Post a receive now and wait for it later (:meth:`wait`): gloo delivers a message only once
+        its receive is posted, so posting early spares the sender a round trip."""
         buf = torch.empty(shape, dtype=dtype, device="cpu" if self.staged else self.device)
-        t0 = time.perf_counter()
         src = self.rank_of(from_stage)
         try:
-            work = dist.irecv(buf, src=src)
-            ok = work is not None and work.wait(timeout=self.timeout)
+            return PostedRecv(dist.irecv(buf, src=src), buf, from_stage, src)
+        except RuntimeError as exc:  # the peer's connection is already gone
+            raise RankFailedError(
+                f"stage {self.stage} (rank {dist.get_rank()}): cannot receive from stage {from_stage} "
+                f"(rank {src}) — that rank died ({str(exc).splitlines()[0]})"
+            ) from None
+
+    def wait(self, posted: PostedRecv, what: str, stats: PhaseStats, timeout_s: float | None = None) -> torch.Tensor:
+        """The tensor of a posted receive, waiting at most ``timeout_s`` (default the spec's): a dead
+        neighbour becomes a :class:`RankFailedError` naming it."""
+        t0 = time.perf_counter()
+        limit = self.spec.timeout_s if timeout_s is None else timeout_s
+        try:
+            ok = posted.work is not None and posted.work.wait(timeout=_dt.timedelta(seconds=limit))
             if ok is False:
                 raise RuntimeError("wait returned False")
         except RuntimeError as exc:
             raise RankFailedError(
-                f"stage {self.stage} (rank {dist.get_rank()}): no {what} from stage {from_stage} (rank {src}) "
-                f"within {self.spec.timeout_s:g} s — that rank died or hangs ({str(exc).splitlines()[0]})"
+                f"stage {self.stage} (rank {dist.get_rank()}): no {what} from stage {posted.stage} "
+                f"(rank {posted.src}) within {limit:g} s — that rank died or hangs ({str(exc).splitlines()[0]})"
             ) from None
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         stats.wait_s += time.perf_counter() - t0
-        return buf.to(self.device) if self.staged else buf
+        return posted.buf.to(self.device) if self.staged else posted.buf
+
+    def recv(
+        self,
+        shape: tuple[int, ...],
+        dtype: torch.dtype,
+        from_stage: int,
+        what: str,
+        stats: PhaseStats,
+        timeout_s: float | None = None,
+    ) -> torch.Tensor:
+        """Receive a tensor of ``shape`` from ``from_stage`` (see :meth:`wait`)."""
+        return self.wait(self.post_recv(shape, dtype, from_stage), what, stats, timeout_s)
 
     def flush(self) -> None:
         for work, _ in self.pending:
@@ -120,6 +153,15 @@ def _maybe_fail(rank: int, phase: str, step: int) -> None:
     if int(r) == rank and ph == phase and int(st) == step:
         print(f"[executor test hook] rank {rank} exits at {phase} step {step}", file=sys.stderr, flush=True)
         os._exit(17)
+
+
+def stretch(spec: RunSpec, t0: float) -> None:
+    """Make a step that started at ``t0`` (``time.perf_counter``) last ``factor`` times as long on a
+    rank listed in ``spec.slow_ranks`` (a slower device for mixed-speed plans; sleeping keeps the CPU
+    free for the other ranks)."""
+    factor = spec.slow_ranks.get(str(dist.get_rank()), 1.0)
+    if factor > 1.0:
+        time.sleep((factor - 1.0) * (time.perf_counter() - t0))
 
 
 def prompts(seed: int, vocab: int, micro_batches: int, micro_batch_size: int, prompt_tokens: int) -> torch.Tensor:
@@ -166,7 +208,7 @@ class _Schedule:
     """bytes of the largest activation this stage held"""
 
     def _input(self, phase: str, m: int, n_tok: int, st: PhaseStats) -> torch.Tensor:
-        rt, ring, b = self.rt, self.ring, self.spec.load_workload.micro_batch_size
+        rt, ring, b = self.rt, self.ring, self.spec.load_workload.micro_batch_size // self.spec.ep
         if not rt.is_first:
             shape = (b, n_tok, rt.hidden_size)
             return ring.recv(shape, rt.dtype, ring.stage - 1, f"activations of micro-batch {m}", st)
@@ -191,6 +233,7 @@ class _Schedule:
         y = rt.forward(x, start, self.caches[m])
         tok = y.argmax(dim=-1, keepdim=True) if rt.is_last else None
         _sync(dev)
+        stretch(self.spec, t0)
         st.compute_s.append(time.perf_counter() - t0)
         self.largest_act = max(self.largest_act, y.numel() * y.element_size(), x.numel() * x.element_size())
         if tok is None:
@@ -246,6 +289,9 @@ def run_schedule(
     ids = None
     if rt.is_first:
         ids = prompts(spec.seed, int(rt.hf_config.vocab_size), M, wl.micro_batch_size, wl.prompt_tokens)
+        if spec.ep > 1:  # attention data-parallel over the EP ranks: this rank's share of the sequences
+            share = wl.micro_batch_size // spec.ep
+            ids = ids[:, ring.tp_rank * share : (ring.tp_rank + 1) * share]
     sched = _Schedule(
         rt=rt,
         ring=ring,

@@ -22,6 +22,7 @@ __all__ = [
     "RunSpec",
     "Workload",
     "as_device",
+    "parse_slow_ranks",
     "resolve_workload",
 ]
 
@@ -110,6 +111,25 @@ def resolve_workload(
     return Workload(**base), why
 
 
+def parse_slow_ranks(items: list[str]) -> dict[int, float]:
+    """``["1:3"]`` → ``{1: 3.0}``: ranks whose compute a run stretches (``--slow-rank RANK:FACTOR``).
+
+    Raises:
+        ExecutorError: not RANK:FACTOR, a factor outside [1, 1000], a rank given twice.
+    """
+    out: dict[int, float] = {}
+    for item in items:
+        rank, _, factor = item.partition(":")
+        try:
+            r, f = int(rank), float(factor)
+        except ValueError:
+            raise ExecutorError("slow_rank", item, rule="must be RANK:FACTOR, e.g. 1:3") from None
+        if r < 0 or not 1.0 <= f <= 1000.0 or r in out:
+            raise ExecutorError("slow_rank", item, rule="needs a rank ≥ 0 given once and a factor in [1, 1000]")
+        out[r] = f
+    return out
+
+
 Device = Literal["cpu", "cuda"]
 """Where the executor's ranks compute."""
 
@@ -155,11 +175,22 @@ class RunSpec:
     """global rank of each stage's first TP rank (filled by the launcher)"""
     tp: int = 1
     """tensor-parallel ranks per stage"""
+    stream: dict[str, Any] | None = None
+    """a load run (:class:`ppplan.executor.arrivals.LoadSpec` fields): serve a Poisson request stream
+    with continuous batching instead of the fixed micro-batch schedule"""
+    slow_ranks: dict[str, float] = field(default_factory=dict)
+    """global rank (as text, JSON keys) → factor ≥ 1: that rank's compute is stretched by sleeping
+    (factor − 1) × each step's compute time (a slower GPU, for mixed-speed plans)"""
+    ep: int = 1
+    """expert-parallel ranks per stage: each holds 1/ep of the routed experts (tokens travel all-to-all)"""
 
     def __post_init__(self) -> None:
         as_device(self.device)
         if self.dtype not in DTYPES:
             raise ExecutorError("dtype", rule=f"{self.dtype!r} must be one of {', '.join(DTYPES)}")
+        for r, f in self.slow_ranks.items():
+            if not (r.isdigit() and isinstance(f, int | float) and 1.0 <= f <= 1000.0):
+                raise ExecutorError("slow_rank", f"{r}:{f}", rule="must be RANK:FACTOR with a factor in [1, 1000]")
         if self.timeout_s <= 0:
             raise ExecutorError("timeout_s", rule=f"must be positive seconds, got {self.timeout_s}")
 

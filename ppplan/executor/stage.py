@@ -152,13 +152,15 @@ class StageRuntime:
         return DynamicCache(config=self.hf_config)
 
     @torch.inference_mode()
-    def forward(self, x: torch.Tensor, start: int, cache: Any) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, start: int, cache: Any, *, head: bool = True) -> torch.Tensor:
         """Run the stage.
 
         Args:
             x: token ids ``[b, n]`` (first stage) or hidden states ``[b, n, hidden]``.
             start: position of the first of the ``n`` tokens (= tokens already cached).
             cache: this micro-batch's cache from :meth:`new_cache`.
+            head: on the last stage, compute the logits (False: a prefill chunk that samples nothing
+                returns its hidden states).
 
         Returns:
             Hidden states ``[b, n, hidden]``, or float32 logits of the last position ``[b, vocab]``
@@ -168,10 +170,16 @@ class StageRuntime:
         n = h.shape[1]
         pos = torch.arange(start, start + n, device=self.device).unsqueeze(0).expand(h.shape[0], -1)
         cos_sin = self.rotary(h, pos)
+        mask = None
+        if start > 0 and n > 1:
+            # a later prefill chunk: SDPA's is_causal aligns the triangle top-left, which would hide
+            # the cached prefix from the chunk's first queries; query i sees keys 0..start+i
+            keys = torch.arange(start + n, device=self.device)
+            mask = (keys[None, :] <= pos[0, :, None]).expand(h.shape[0], 1, n, start + n)
         for layer in self.layers:
             h = layer(
                 h,
-                attention_mask=None,
+                attention_mask=mask,
                 position_ids=pos,
                 use_cache=True,
                 position_embeddings=cos_sin,
@@ -179,7 +187,7 @@ class StageRuntime:
             )
             if isinstance(h, tuple):  # older decoder layers return (hidden, ...)
                 h = h[0]
-        if self.head is None:
+        if self.head is None or not head:
             return h
         for m in self.tail:
             h = m(h)

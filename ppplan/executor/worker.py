@@ -15,6 +15,7 @@ writes them atomically to the run folder.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import json
 import os
@@ -64,8 +65,11 @@ def run_rank(spec: RunSpec) -> None:
     plan = json.loads(Path(spec.plan_path).read_text())
     stages = plan["stages"]
     pp = len(stages)
-    if world != pp * spec.tp:
-        raise RankFailedError(f"world size {world} != {pp} stages × TP {spec.tp}: launch one process per rank")
+    inner = spec.tp * spec.ep  # ranks per stage
+    if world != pp * inner:
+        raise RankFailedError(
+            f"world size {world} != {pp} stages × TP {spec.tp} × EP {spec.ep}: launch one process per rank"
+        )
     if spec.device == "cuda":
         device = torch.device("cuda", local_rank % torch.cuda.device_count())
         torch.cuda.set_device(device)
@@ -78,7 +82,7 @@ def run_rank(spec: RunSpec) -> None:
         device_id=device if spec.backend == "nccl" else None,
     )
     try:
-        stage, tp_rank = divmod(rank, spec.tp)
+        stage, tp_rank = divmod(rank, inner)  # tp_rank: the rank inside its stage (TP or EP)
         t0 = time.perf_counter()
         rt, wbytes = build_stage(
             plan["model_source"].removeprefix("preset:"),
@@ -95,15 +99,28 @@ def run_rank(spec: RunSpec) -> None:
             mesh = init_device_mesh(device.type, (pp, spec.tp), mesh_dim_names=("pp", "tp"))
             tp_notes = tensor_parallelize(rt, mesh["tp"])
             wbytes = sum(_local_bytes(p) for p in _stage_params(rt))
+        if spec.ep > 1:
+            from ppplan.executor.experts import expert_parallelize  # lazy: only EP runs need it
+
+            # every rank creates every stage's group, in the same order (torch.distributed's rule)
+            groups = [dist.new_group(list(range(s * inner, (s + 1) * inner))) for s in range(pp)]
+            tp_notes = expert_parallelize(rt, groups[stage], tp_rank, spec.ep)
+            wbytes = sum(_local_bytes(p) for p in _stage_params(rt))
         build_s = time.perf_counter() - t0
         ring = Ring(spec, stage, pp, device, tp_rank)
         rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        if spec.warmup:
-            run_schedule(rt, ring, spec, min(WARMUP_NEW_TOKENS, spec.load_workload.new_tokens), wbytes, measure=False)
-        dist.barrier()
-        t_run = time.perf_counter()
-        stats, out = run_schedule(rt, ring, spec, spec.load_workload.new_tokens, wbytes, measure=True)
-        run_s = time.perf_counter() - t_run
+        served: dict[str, Any] | None = None
+        if spec.stream is not None:
+            served, out, run_s = _serve_load(rt, ring, spec)
+            stats: dict[str, PhaseStats] = {}
+        else:
+            if spec.warmup:
+                new = min(WARMUP_NEW_TOKENS, spec.load_workload.new_tokens)
+                run_schedule(rt, ring, spec, new, wbytes, measure=False)
+            dist.barrier()
+            t_run = time.perf_counter()
+            stats, out = run_schedule(rt, ring, spec, spec.load_workload.new_tokens, wbytes, measure=True)
+            run_s = time.perf_counter() - t_run
         mine = {
             "rank": rank,
             "stage": stage,
@@ -118,8 +135,16 @@ def run_rank(spec: RunSpec) -> None:
             "rss_before_run_bytes": rss0 * 1024,
             "phases": {k: v.to_dict() for k, v in stats.items()},
         }
+        if served is not None:
+            mine["load"] = served
+        if spec.ep > 1:
+            from ppplan.executor.experts import dispatch_counts  # lazy: only EP runs need it
+
+            mine["ep_dispatch"] = dispatch_counts(rt)
         gathered: list[Any] = [None] * world if rank == 0 else []
-        dist.gather_object((mine, (out or None) if tp_rank == 0 else None), gathered if rank == 0 else None, dst=0)
+        # EP ranks each hold their share of the sequences; TP ranks all hold the same ones
+        keep = tp_rank == 0 or spec.ep > 1
+        dist.gather_object((mine, (out or None) if keep else None), gathered if rank == 0 else None, dst=0)
         if rank == 0:
             _write_results(spec, plan, gathered)
         dist.barrier()
@@ -128,9 +153,37 @@ def run_rank(spec: RunSpec) -> None:
             dist.destroy_process_group()
 
 
+def _serve_load(rt: Any, ring: Ring, spec: RunSpec) -> tuple[dict[str, Any], dict[str, Any], float]:
+    """A load run on this rank: a short unmeasured stream first (allocator, sockets), then the
+    measured one. Returns (measurements, outputs for the check, seconds)."""
+    from ppplan.executor.arrivals import LoadSpec  # lazy: only load runs need it
+    from ppplan.executor.serve import serve  # lazy: only load runs need it
+
+    assert spec.stream is not None
+    load = LoadSpec(**spec.stream)
+    if spec.warmup:
+        warm = dataclasses.replace(load, requests=min(2, load.requests), rate=1e6, output_tokens=2)
+        serve(rt, ring, spec, warm)
+    dist.barrier()
+    t_run = time.perf_counter()
+    served = serve(rt, ring, spec, load)
+    run_s = time.perf_counter() - t_run
+    out: dict[str, Any] = {}
+    if "logits" in served:
+        out["logits"] = served.pop("logits")
+    if "timeline" in served:
+        out["tokens"] = {r["index"]: r["tokens"] for r in served["timeline"]}
+    return served, out, run_s
+
+
 def _write_results(spec: RunSpec, plan: dict[str, Any], gathered: list[Any]) -> None:
     per_rank = sorted((g[0] for g in gathered), key=lambda r: r["rank"])
-    outputs = next(g[1] for g in gathered if g[1])
+    outputs: dict[str, Any] = {}
+    shares = [g[1] for g in sorted(gathered, key=lambda g: g[0]["rank"]) if g[1]]
+    if spec.ep > 1:  # each EP rank of the last stage holds a slice of every micro-batch's sequences
+        outputs = {k: torch.cat([o[k] for o in shares], dim=1) for k in ("tokens", "logits")}
+    for o in shares if spec.ep == 1 else []:  # a load run: tokens come from stage 0, logits from the last
+        outputs.update(o)
     out_dir = Path(spec.out_dir)
     _atomic_write(out_dir / "outputs.pt", lambda p: torch.save(outputs, p))
     result = {
@@ -141,6 +194,8 @@ def _write_results(spec: RunSpec, plan: dict[str, Any], gathered: list[Any]) -> 
         "torch": torch.__version__,
         "workload": spec.workload,
     }
+    if spec.stream is not None:
+        result["load"] = spec.stream
     # result.json last: its presence means the run completed and outputs.pt is whole
     _atomic_write(out_dir / "result.json", lambda p: p.write_text(json.dumps(result, indent=1)))
 

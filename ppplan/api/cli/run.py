@@ -14,11 +14,12 @@ from pydantic import ValidationError
 from rich.markup import escape
 
 from ppplan.api.cli.common import console, err_console, fail, positive_finite, user_errors
+from ppplan.executor.arrivals import DEFAULT_REQUESTS, parse_load_workload, resolve_load
 from ppplan.executor.launch import LaunchOptions
-from ppplan.executor.recut import parse_partition, recut
+from ppplan.executor.recut import parse_partition, recut, speed_cut
 from ppplan.executor.report import print_report
 from ppplan.executor.run import run_plan
-from ppplan.executor.spec import MAX_WORKLOAD, ExecutorError, RankFailedError
+from ppplan.executor.spec import MAX_WORKLOAD, ExecutorError, RankFailedError, parse_slow_ranks
 from ppplan.partitioner.plan import Plan
 from ppplan.profiler.files import read_input_text
 
@@ -141,20 +142,62 @@ def run(
             "the plan's measurements and store the calibrated profile"
         ),
     ] = False,
+    workload: Annotated[
+        str | None,
+        typer.Option(
+            help="serve a request stream instead of the fixed batch: poisson:RATE (requests/s) or "
+            f"poisson:RATE:N (N requests, default {DEFAULT_REQUESTS}); reports measured vs predicted TTFT/TPOT"
+        ),
+    ] = None,
+    token_budget: Annotated[
+        int | None,
+        typer.Option(help="with --workload: tokens per engine step (default: the plan's)", min=1, max=1_048_576),
+    ] = None,
+    max_seqs: Annotated[
+        int | None,
+        typer.Option(help="with --workload: most sequences admitted at once (default: the plan's)", min=1, max=65_536),
+    ] = None,
+    slow_rank: Annotated[
+        list[str] | None,
+        typer.Option(help="RANK:FACTOR, stretch that rank's compute FACTOR times (a slower GPU); repeatable"),
+    ] = None,
+    cut_for_speed: Annotated[
+        bool,
+        typer.Option(
+            help="with --slow-rank: re-cut the plan for those stage speeds (the planner's DP with stage speeds) "
+            "before running (not stored as a measurement of the plan)"
+        ),
+    ] = False,
 ) -> None:
     """Run PLAN's stage cut with one process per rank, check it against the unsplit model, measure it."""
     if device not in ("cpu", "cuda"):
         fail(f"device: {device!r} must be 'cpu' or 'cuda'")
     if node_rank >= nnodes:
         fail(f"node_rank: {node_rank} must be below --nnodes {nnodes} (hosts are numbered from 0)")
+    stream = parse_load_workload(workload) if workload is not None else None
+    _check_load_options(stream is not None, token_budget, max_seqs, calibrate)
+    slow = parse_slow_ranks(slow_rank or [])
     data, plan_id = load_plan_arg(plan)
-    if partition is not None:
-        data = recut(data, parse_partition(partition))
-        if plan_id is not None and store:
-            err_console.print(f"note: --partition re-cuts plan {plan_id}; its measurements are not stored")
-            store = False
+    data, recut_to = _recut(data, partition, cut_for_speed, slow)
+    if recut_to is not None and plan_id is not None and store:
+        err_console.print(f"note: the run re-cuts plan {plan_id} to {recut_to}; its measurements are not stored")
+        store = False
     _announce(plan, data, device, dtype, nnodes)
     opts = LaunchOptions(nnodes=nnodes, node_rank=node_rank, rdzv_endpoint=rdzv_endpoint, run_id=run_id)
+    load = None
+    if stream is not None:
+        load, load_notes = resolve_load(
+            data,
+            device,
+            *stream,
+            prompt_tokens=prompt_tokens,
+            output_tokens=new_tokens,
+            token_budget=token_budget,
+            max_seqs=max_seqs,
+            seed=seed,
+        )
+        for n in load_notes:
+            err_console.print(f"note: {n}", markup=False, highlight=False)
     try:
         report = run_plan(
             data,
@@ -171,6 +214,8 @@ def run(
             run_dir=run_dir,
             check=check,
             plan_id=plan_id,
+            load=load,
+            slow_ranks=slow,
         )
     except RankFailedError as exc:
         fail(escape(f"run failed, nothing stored: {exc}"), code=1)
@@ -185,13 +230,51 @@ def run(
     _store_and_calibrate(report, plan_id if store else None, calibrate=calibrate)
 
 
+def _check_load_options(load: bool, token_budget: int | None, max_seqs: int | None, calibrate: bool) -> None:
+    if not load and (token_budget is not None or max_seqs is not None):
+        fail("token_budget/max_seqs: apply to a load run; add --workload poisson:RATE")
+    if load and calibrate:
+        fail("calibrate: a load run stores TTFT/TPOT rows; calibrate from a plain run (without --workload)")
+
+
+def _recut(
+    data: dict[str, Any], partition: str | None, cut_for_speed: bool, slow: dict[int, float]
+) -> tuple[dict[str, Any], list[int] | None]:
+    """The plan re-cut by ``--partition`` or ``--cut-for-speed`` (and the sizes), else as it is."""
+    if partition is not None and cut_for_speed:
+        fail("cut_for_speed: give either --partition or --cut-for-speed, not both")
+    if cut_for_speed and not slow:
+        fail("cut_for_speed: needs the stage speeds; add --slow-rank RANK:FACTOR")
+    if partition is None and not cut_for_speed:
+        return data, None
+    sizes = parse_partition(partition) if partition is not None else _speed_sizes(data, slow)
+    return recut(data, sizes), sizes
+
+
+def _speed_sizes(data: dict[str, Any], slow: dict[int, float]) -> list[int]:
+    """The planner's cut for the stage speeds that ``slow`` (rank → factor) gives, announced."""
+    deg = data["degrees"]
+    inner = int(deg["tp"]) * int(deg.get("ep", 1) or 1)
+    speeds = [max([slow.get(s * inner + j, 1.0) for j in range(inner)]) for s in range(int(deg["pp"]))]
+    sizes = speed_cut(data, speeds)
+    err_console.print(
+        f"note: stage speeds {speeds}: the planner's cut moves the partition {data['partition']} → {sizes}",
+        markup=False,
+        highlight=False,
+    )
+    return sizes
+
+
 def _announce(plan: str, data: dict[str, Any], device: str, dtype: str, nnodes: int) -> None:
     """One line on stderr before torch loads and the ranks start (that takes seconds): what runs where."""
     deg = data["degrees"]
-    ranks = int(deg["tp"]) * int(deg["pp"])
+    ep = int(deg.get("ep", 1) or 1)
+    ranks = int(deg["tp"]) * int(deg["pp"]) * ep
     hosts = f" over {nnodes} hosts" if nnodes > 1 else ""
     err_console.print(
-        f"ppplan run: plan {plan} ({data['model']['name']}, TP {deg['tp']} × PP {deg['pp']}, partition "
+        f"ppplan run: plan {plan} ({data['model']['name']}, TP {deg['tp']} × PP {deg['pp']}"
+        + (f" × EP {ep}" if ep > 1 else "")
+        + ", partition "
         f"{data['partition']}): starting {ranks} rank(s) on {device} ({dtype}){hosts}; loading torch …",
         markup=False,
         highlight=False,
@@ -208,7 +291,12 @@ def _show_report(report: dict[str, Any], json_out: Path | None) -> None:
         tmp = json_out.with_name(f".{json_out.name}.tmp")
         tmp.write_text(text + "\n")
         tmp.replace(json_out)
-    print_report(report, console)
+    if report.get("kind") == "load":
+        from ppplan.executor.load_report import print_load_report  # lazy: imports numpy
+
+        print_load_report(report, console)
+    else:
+        print_report(report, console)
 
 
 def _store_and_calibrate(report: dict[str, Any], plan_id: str | None, *, calibrate: bool) -> None:

@@ -293,7 +293,7 @@ class MeasurementCreate(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     stage: int = Field(ge=0, le=100_000, description="pipeline stage index (0-based)")
-    phase: Literal["prefill", "decode"]
+    phase: Literal["prefill", "decode", "ttft", "tpot"]
     compute_s: float = Field(ge=0, le=1e9, description="time the stage computed")
     wait_s: float = Field(0.0, ge=0, le=1e9, description="time the stage waited (bubble, receive)")
     bytes_sent: int = Field(0, ge=0, le=_I64, description="activation bytes sent to the next stage")

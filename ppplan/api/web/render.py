@@ -5,6 +5,7 @@ same markup serves ``ppplan serve``'s pages, ``ppplan plan --html`` and ``ppplan
 from __future__ import annotations
 
 import json
+import math
 import statistics
 import urllib.parse
 from collections.abc import Mapping, Sequence
@@ -137,6 +138,10 @@ def _measured(plan: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> str
         )
     stages = plan.get("stages") or []
     mbs = (plan.get("degrees") or {}).get("micro_batch_size")
+    requests = [r for r in rows if r.get("phase") in ("ttft", "tpot")]
+    rows = [r for r in rows if r.get("phase") not in ("ttft", "tpot")]
+    if not rows:
+        return _measured_requests(plan, requests)
     groups: dict[tuple[int, str], list[Mapping[str, Any]]] = {}
     for r in rows:
         groups.setdefault((int(r.get("stage", 0)), str(r.get("phase", "decode"))), []).append(r)
@@ -164,7 +169,47 @@ def _measured(plan: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> str
         "run's device and shapes (which may differ from the plan's GPU); compare the shares of the slowest stage, "
         'which decide the cut.</p><div class="table-wrap"><table><thead><tr><th>stage</th><th>phase</th>'
         "<th>steps</th><th>tokens / batch</th><th>predicted ms</th><th>measured ms</th><th>predicted share</th>"
-        f"<th>measured share</th></tr></thead><tbody>{''.join(body)}</tbody></table></div></section>"
+        f"<th>measured share</th></tr></thead><tbody>{''.join(body)}</tbody></table></div>"
+        + _request_table(plan, requests)
+        + "</section>"
+    )
+
+
+def _quantile(values: list[float], q: float) -> float:
+    xs = sorted(values)
+    return xs[min(len(xs) - 1, max(0, math.ceil(q * len(xs)) - 1))]
+
+
+def _request_table(plan: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> str:
+    """Per-request TTFT and TPOT of load runs (``ppplan run --workload``) against the plan's figures."""
+    if not rows:
+        return ""
+    m = plan.get("metrics") or {}
+    pred = {"ttft": (m.get("ttft_p50_ms"), m.get("ttft_p90_ms")), "tpot": (m.get("tpot_ms"), None)}
+    body = []
+    for phase in ("ttft", "tpot"):
+        vals = [float(r.get("compute_s", 0)) * 1000 for r in rows if r.get("phase") == phase]
+        if not vals:
+            continue
+        p50, p90 = pred[phase]
+        body.append(
+            f'<tr data-phase="{phase}"><td>{phase.upper()}</td><td>{len(vals)}</td><td>{_num(p50, ".1f")}</td>'
+            f"<td>{_quantile(vals, 0.5):.1f}</td><td>{_num(p90, '.1f')}</td><td>{_quantile(vals, 0.9):.1f}</td></tr>"
+        )
+    return (
+        '<p class="muted">Load runs (<code>ppplan run PLAN --workload poisson:RATE</code>): per request, on the '
+        "run's device and (scaled) shapes; the plan's figures are for its GPU at its workload.</p>"
+        '<div class="table-wrap"><table id="measured-requests"><thead><tr><th></th><th>requests</th>'
+        "<th>predicted p50 ms</th><th>measured p50 ms</th><th>predicted p90 ms</th><th>measured p90 ms</th>"
+        f"</tr></thead><tbody>{''.join(body)}</tbody></table></div>"
+    )
+
+
+def _measured_requests(plan: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> str:
+    return (
+        '<section class="measured" id="measured"><h3>Predicted vs measured</h3>'
+        + _request_table(plan, rows)
+        + "</section>"
     )
 
 
