@@ -80,10 +80,10 @@ def _ppplan(*args: str, env: dict[str, str] | None = None, timeout: float = 150)
     )
 
 
-def _stored_plan(model: str = "tiny-llama") -> str:
+def _stored_plan(model: str = "tiny-llama", gpus: str = "2xCPU") -> str:
     from ppplan.api.store_lookup import save_plan_from_cli
 
-    req = PlanRequest(model=model, gpus="2xCPU", pp=2, tp=1, prompt_tokens=12, output_tokens=NEW_TOKENS, concurrency=4)
+    req = PlanRequest(model=model, gpus=gpus, pp=2, tp=1, prompt_tokens=12, output_tokens=NEW_TOKENS, concurrency=4)
     return save_plan_from_cli(req, plan_request(req))
 
 
@@ -108,6 +108,17 @@ def test_run_stored_plan_stores_measurements_and_calibrates(tmp_path: Path) -> N
     assert "stored calibrated profile" in res.stderr and json.loads(cal.read_text())["calibration"]["CPU"]
     bad = _ppplan("calibrate", "--from-measurements", "no-such-plan")
     assert bad.returncode == 2 and "no-such-plan" in bad.stderr
+
+
+def test_calibrating_an_h100_plan_from_a_cpu_run_is_refused() -> None:
+    """A fit is stored per GPU kind: CPU times must not become a calibrated H100."""
+    from ppplan.api.run_store import stored_measurements
+
+    plan_id = _stored_plan(gpus="2xH100")
+    res = _ppplan("run", plan_id, "--device", "cpu", "--calibrate")
+    assert res.returncode == 2, res.stderr
+    assert "measured on CPU, not on the plan's H100-SXM-80GB" in " ".join(res.stderr.split())
+    assert stored_measurements(plan_id) == []
 
 
 def test_a_dying_rank_fails_the_run_quickly_and_stores_nothing() -> None:

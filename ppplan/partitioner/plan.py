@@ -52,6 +52,12 @@ class ClusterInfo(BaseModel):
     usable_gib: float = Field(description="gpu_memory_utilization × HBM, GiB")
     nvlink_gbps: float = Field(description="GPU-to-GPU bandwidth inside a node, GB/s per direction")
     network_gbps: float = Field(description="bandwidth across nodes per GPU, GB/s per direction")
+    groups: list[dict[str, object]] = Field(
+        default_factory=list,
+        description="mixed clusters: every GPU group in cluster order (gpu, nodes, gpus_per_node, count, "
+        "interconnect, usable_gib, stages it hosts, hosts when named); global GPU ids and node indices "
+        "follow this order. Empty for one GPU kind",
+    )
 
 
 class WorkloadInfo(BaseModel):

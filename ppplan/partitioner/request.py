@@ -34,7 +34,7 @@ _GPUS_RE = re.compile(r"^(\d+)\s*[xX×*]\s*([A-Za-z0-9_.\- ]+?)$")
 _ASCII_COUNT = re.compile(r"[0-9]+", re.ASCII)
 MAX_TEXT = 4096
 """Longest model path or profile name accepted, characters (Linux's PATH_MAX)."""
-MAX_GPUS_TEXT = 64
+MAX_GPUS_TEXT = 256
 """Longest ``gpus`` value accepted, characters."""
 
 

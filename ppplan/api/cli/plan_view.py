@@ -20,6 +20,8 @@ def _opt_ms(x: float | None, digits: int = 0) -> str:
 
 
 def _degrees(g: dict[str, Any]) -> str:
+    if g.get("ep", 1) > 1:  # attention TP × DP ranks per stage, the routed experts spread over all of them
+        return f"TP{g['tp']}×DP{g.get('attention_dp', 1)}(EP{g['ep']})×PP{g['pp']}×{g['replicas']}"
     return f"TP{g['tp']}×PP{g['pp']}×{g['replicas']}"
 
 
@@ -30,9 +32,15 @@ def _sequences(g: dict[str, Any]) -> int:
 def _header(d: dict[str, Any], defaults: list[str]) -> None:
     deg, m, c, w = d["degrees"], d["metrics"], d["cluster"], d["workload"]
     req = d.get("request", {})
+    groups = c.get("groups") or []
+    gpus = (
+        " + ".join(f"{g.get('count')}× {g.get('gpu')}" for g in groups)
+        if len(groups) > 1
+        else f"{c['count']}× {c['gpu']}"
+    )
     console.print(
         f"[bold]{d['model']['name']}[/] ({d['weight_dtype']} weights, {d['kv_dtype']} KV) on "
-        f"{c['count']}× {c['gpu']} ({c['nodes']} node(s)), objective {d['objective']}"
+        f"{gpus} ({c['nodes']} node(s)), objective {d['objective']}"
     )
     sd = lambda k: f"±{w[k]:.0f}" if w.get(k) else ""  # noqa: E731
     rate = w.get("request_rate")
@@ -91,8 +99,11 @@ def _slo_line(d: dict[str, Any]) -> None:
 
 def _stages(d: dict[str, Any], wide: bool) -> Table:
     t = Table(title="stages (per GPU; GiB, ms)", title_justify="left")
-    cols = ["stage", "layers", "n", "E/H", "busy", "decode", "prefill", "weights", "KV", "work", "total", "free"]
-    cols += ["KV tokens"] if wide else []
+    mixed = len(d["cluster"].get("groups") or []) > 1
+    compact = mixed and not wide  # room for the GPU column within 100 columns
+    cols = ["stage", "layers", "n", "E/H"] + (["GPU@node"] if mixed else [])
+    cols += ["busy", "decode"] + ([] if compact else ["prefill"]) + ["weights", "KV"]
+    cols += ([] if compact else ["work"]) + ["total", "free"] + (["KV tokens"] if wide else [])
     for col in cols:
         t.add_column(col, justify="right")
     for s in d["stages"]:
@@ -102,12 +113,13 @@ def _stages(d: dict[str, Any], wide: bool) -> Table:
             f"{s['decoder_layers'][0]}–{s['decoder_layers'][1]}",
             str(s["num_decoder_layers"]),
             (("E" if s["has_embedding"] else "") + ("H" if s["has_lm_head"] else "")) or "-",
+            *([f"{str(s.get('gpu') or '').split('-')[0]}@{s['node']}"] if mixed else []),
             f"{tm['busy_ms']:.3f}",
             f"{tm['decode_ms']:.3f}",
-            f"{tm['prefill_ms']:.1f}",
+            *([] if compact else [f"{tm['prefill_ms']:.1f}"]),
             f"{mem['weights_gib']:.1f}",
             f"{mem['kv_cache_gib']:.1f}",
-            f"{mem['workspace_gib']:.1f}",
+            *([] if compact else [f"{mem['workspace_gib']:.1f}"]),
             f"{mem['total_gib']:.1f}/{mem['limit_gib']:.0f}",
             f"{mem['free_gib']:.1f}",
         ]

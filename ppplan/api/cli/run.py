@@ -15,6 +15,7 @@ from rich.markup import escape
 
 from ppplan.api.cli.common import console, err_console, fail, positive_finite, user_errors
 from ppplan.executor.arrivals import DEFAULT_REQUESTS, parse_load_workload, resolve_load
+from ppplan.executor.calibration import check_measured_device
 from ppplan.executor.launch import LaunchOptions
 from ppplan.executor.recut import parse_partition, recut, speed_cut
 from ppplan.executor.report import print_report
@@ -307,6 +308,8 @@ def _store_and_calibrate(report: dict[str, Any], plan_id: str | None, *, calibra
         return
     from ppplan.api.run_store import store_measurements  # lazy: the CLI starts without SQLAlchemy
 
+    if calibrate:  # a fit is stored for the plan's GPU kind: it must come from that kind of device
+        check_measured_device(str(report.get("plan_gpu", "")), report.get("device"), report.get("device_name"))
     n, rid = store_measurements(plan_id, report)
     err_console.print(f"stored {n} measurement rows of plan {plan_id} (run {rid})", highlight=False)
     if calibrate:

@@ -1,0 +1,240 @@
+"""The Plan of one pipeline over a mixed cluster: stages on their own GPU kinds
+(:mod:`partitioner.mixed_stages`), the engines' even cuts on the same placement, the groups of the
+cluster in ``cluster.groups``, and the usual evidence (metrics, runner-ups, Pareto front,
+candidates, exports, provenance, notes).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import functools
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+from ppplan.core.model_source import ModelSource
+from ppplan.partitioner.assembly import SolverReport
+from ppplan.partitioner.costs import Evaluation
+from ppplan.partitioner.exports import export_plan
+from ppplan.partitioner.hetero import HeteroCut, HeteroProblem, HeteroSolution
+from ppplan.partitioner.mixed_costs import MixedCosts
+from ppplan.partitioner.mixed_stages import mixed_baseline, mixed_stages, mixed_units
+from ppplan.partitioner.plan import (
+    PLAN_SCHEMA_MINOR,
+    Baseline,
+    ClusterInfo,
+    Metrics,
+    Plan,
+    Provenance,
+    Schedule,
+    StagePlan,
+    WorkloadInfo,
+)
+from ppplan.partitioner.points import candidate, candidates, degrees_of, finite_ms, pareto_points
+from ppplan.partitioner.space import GIB
+
+__all__ = ["MixedChoice", "build_mixed_plan"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MixedChoice:
+    """What the mixed search chose, with the evidence the Plan shows."""
+
+    costs: MixedCosts
+    best: Evaluation
+    problem: HeteroProblem
+    solution: HeteroSolution
+    """the final solve (KV-headroom tie-break, the engines' even cuts on its placement)"""
+    cut: HeteroCut
+    """the adopted cut (the solution's, or CP-SAT's)"""
+    runner_ups: list[Evaluation]
+    front: list[Evaluation]
+    evaluated: list[Evaluation]
+    mode: str
+    solver: SolverReport
+
+
+@functools.cache
+def _ppplan_version() -> str:
+    try:
+        return version("ppplan")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+def _cluster(costs: MixedCosts, cut: HeteroCut) -> ClusterInfo:
+    """The first group's figures (catalog name, node size, HBM) and every group in ``groups``."""
+    c, st = costs.cluster, costs.setup
+    hosted = dict(zip(cut.order, cut.counts, strict=True))
+    groups: list[dict[str, object]] = []
+    for a, g in enumerate(c.groups):
+        entry: dict[str, object] = dict(g.as_json())
+        entry |= {"usable_gib": costs.kinds[g.gpu.name].setup.usable_bytes / GIB, "stages": hosted.get(a, 0)}
+        if g.hosts:
+            entry["hosts"] = list(g.hosts)
+        groups.append(entry)
+    return ClusterInfo(
+        gpu=st.gpu.name,
+        count=c.count,
+        nodes=c.nodes,
+        gpus_per_node=c.groups[0].gpus_per_node,
+        hbm_gib=st.gpu.hbm_bytes / GIB,
+        usable_gib=st.usable_bytes / GIB,
+        nvlink_gbps=c.groups[0].link_bw / 1e9,
+        network_gbps=c.inter_bw / 1e9,
+        groups=groups,
+    )
+
+
+def _workload(costs: MixedCosts, best: Evaluation, mode: str) -> WorkloadInfo:
+    req, st, lay, wl = costs.req, costs.setup, best.layout, costs.workload
+    return WorkloadInfo(
+        prompt_tokens=st.prompt_tokens,
+        output_tokens=st.output_tokens,
+        concurrency=lay.sequences,
+        context=st.context,
+        concurrency_source="pinned" if mode == "pinned" else "searched",
+        prompt_tokens_sd=wl.prompt.sd or None,
+        output_tokens_sd=wl.output.sd or None,
+        kv_tokens_per_sequence=st.kv_tokens,
+        token_budget=st.token_budget,
+        request_rate=best.rate,
+        request_rate_source="given" if req.rate is not None else "closed loop at the planned concurrency",
+        engine=st.engine,
+    )
+
+
+def _schedule(best: Evaluation, stages: list[StagePlan]) -> Schedule:
+    lay = best.layout
+    m, p = lay.micro_batches, lay.pp
+    return Schedule(
+        micro_batches=m,
+        micro_batch_size=lay.micro_batch_size,
+        cycle_ms=best.cycle * 1e3,
+        bottleneck_stage=max(range(len(stages)), key=lambda k: stages[k].times.busy_ms),
+        bubble_fraction=1 - m / max(m, p),
+        description=f"{m} micro-batch(es) of {lay.micro_batch_size} sequences on {p} stage(s) of mixed GPUs: one "
+        f"cycle = max(M, PP) × slowest stage = {max(m, p)} × {best.bottleneck * 1e3:.3f} ms",
+        name=f"decode steady state, {m} micro-batch(es) in flight on {p} stage(s)"
+        + (" (M = PP: no bubble)" if m >= p else f" (M < PP: {1 - m / p:.0%} bubble)"),
+    )
+
+
+def _provenance(costs: MixedCosts, solver: SolverReport, solve_ms: float) -> Provenance:
+    descs = {name: c.cm.describe() for name, c in costs.kinds.items()}
+    first = descs[costs.setup.gpu.name]
+    eff: dict[str, object] = dict(first["efficiency"])  # type: ignore[call-overload]
+    eff["by_gpu"] = {name: d["efficiency"] for name, d in descs.items()}
+    return Provenance(
+        profile_id=costs.profile.profile_id,
+        profile_kind=costs.profile.kind,
+        profile_label=costs.profile.label,
+        cost_model=str(first["cost_model"]),
+        time_source="; ".join(f"{name}: {d['time_source']}" for name, d in descs.items()),
+        efficiency=eff,
+        solver=solver.name,
+        optimal=solver.optimal,
+        gap=solver.gap,
+        solve_time_ms=solve_ms,
+        configs_evaluated=costs.evaluated,
+        ppplan_version=_ppplan_version(),
+        created=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+    )
+
+
+def _notes(choice: MixedChoice, stages: list[StagePlan], baselines: list[Baseline]) -> list[str]:
+    costs, best = choice.costs, choice.best
+    lay, c = best.layout, costs.cluster
+    used = lay.tp * lay.pp
+    by_node: dict[tuple[int, str], list[int]] = {}
+    for s in stages:
+        by_node.setdefault((s.node, s.gpu or ""), []).append(s.index)
+    where = "; ".join(
+        f"node {n} ({gpu}): stages {ks[0]}–{ks[-1]}, {sum(stages[k].num_decoder_layers for k in ks)} layers"
+        for (n, gpu), ks in by_node.items()
+    )
+    notes = [
+        f"mixed cluster {c.text}: one pipeline of TP {lay.tp} × PP {lay.pp} ({where}); "
+        f"{c.count - used} of {c.count} GPUs idle (replicas across mixed groups are not planned)",
+        "cluster.gpu, gpus_per_node and hbm_gib describe the first group; cluster.groups lists every group "
+        "and each stage names its GPU kind, node and memory limit",
+    ]
+    if costs.req.objective == "throughput":
+        notes.append("throughput objective: output tokens/s over all GPUs of the cluster (idle ones count)")
+    vllm = next((b for b in baselines if b.engine == "vllm"), None)
+    if vllm is not None:
+        if not vllm.feasible:
+            verdict = f"does not fit: {vllm.reason}"
+        elif vllm.throughput_gain:
+            thr, gain = vllm.throughput_tokens_per_s or 0.0, vllm.throughput_gain
+            verdict = f"fits at {thr:,.0f} tokens/s; the plan's cut gives {gain:+.1%}"
+        else:
+            verdict = "is as fast as the plan's cut"
+        notes.append(f"the engines' even cut {vllm.partition} (vLLM's default) on the same stages {verdict}")
+    if not best.slo_met:
+        notes.append("the pinned concurrency misses the SLOs; the closest configuration by the objective")
+    for kc in costs.kinds.values():
+        note = kc.cm.profile_note()
+        if note:
+            notes.append(note)
+    if costs.profile.quantization:
+        notes.append(f"weights: {costs.profile.quantization}")
+    load = (
+        "the request rate" if costs.req.rate is not None else "the rate a closed loop of the planned sequences runs at"
+    )
+    notes.append(
+        f"ttft_ms is one request on an idle pipeline; ttft_p50/p90 are under Poisson arrivals at {load} "
+        "(queueing approximation, with the step costs of the bottleneck stage's GPU kind); TPOT and throughput "
+        "are the steady state"
+    )
+    return notes
+
+
+def build_mixed_plan(choice: MixedChoice, source: ModelSource, solve_ms: float) -> Plan:
+    """The Plan of ``choice`` with its evidence and the engines' exports."""
+    costs, best, cut = choice.costs, choice.best, choice.cut
+    req, profile = costs.req, costs.profile
+    stages = mixed_stages(costs, best, cut)
+    kv_cap = min(s.kv_capacity_tokens for s in stages)
+    metrics = Metrics(
+        throughput_tokens_per_s=best.throughput,
+        throughput_per_gpu=best.per_gpu,
+        tpot_ms=best.tpot * 1e3,
+        ttft_ms=best.ttft * 1e3,
+        ttft_p50_ms=finite_ms(best.ttft_p50),
+        ttft_p90_ms=finite_ms(best.ttft_p90),
+        tokens_per_s_per_user=1.0 / best.tpot if best.tpot > 0 else None,
+        capacity_requests_per_s=best.capacity,
+        kv_capacity_tokens=kv_cap,
+        max_concurrency=min(s.kv_capacity_sequences for s in stages),
+        slo_met=best.slo_met,
+        predicted_by=f"{profile.label} with {costs.cm.describe()['cost_model']} on "
+        + " + ".join(dict.fromkeys(s.gpu or "" for s in stages)),
+    )
+    baselines = [mixed_baseline(costs, best, e, even, kv_cap) for e, even in choice.solution.baselines.items()]
+    body: dict[str, Any] = {
+        "schema_minor": PLAN_SCHEMA_MINOR,
+        "model": profile.model,
+        "model_source": source.source,
+        "request": req.model_dump(mode="json"),
+        "cluster": _cluster(costs, cut),
+        "workload": _workload(costs, best, choice.mode),
+        "objective": req.objective,
+        "weight_dtype": profile.weight_dtype,
+        "kv_dtype": profile.kv_dtype,
+        "quantization": profile.quantization,
+        "degrees": degrees_of(best.layout),
+        "partition": [s.num_decoder_layers for s in stages],
+        "stages": stages,
+        "schedule": _schedule(best, stages),
+        "metrics": metrics,
+        "baselines": baselines,
+        "runner_ups": [candidate(e) for e in choice.runner_ups],
+        "pareto": pareto_points(choice.front, best),
+        "candidates": candidates([best, *choice.evaluated], best),
+        "units": mixed_units(costs, best, stages),
+        "provenance": _provenance(costs, choice.solver, solve_ms),
+        "notes": _notes(choice, stages, baselines),
+    }
+    draft = Plan(**body, exports={})
+    return draft.model_copy(update={"exports": export_plan(draft.model_dump(mode="json"), source.engine_ref)})
