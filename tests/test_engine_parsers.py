@@ -210,7 +210,9 @@ def test_real_parsers_accept_the_exports() -> None:
                 assert res["world_size"] == sum(len(x["local_gpus"]) for x in instance), where
                 assert res["local_world_size"] == len(e["local_gpus"]), where
         else:
-            assert (parsed["tp_size"], parsed["pp_size"]) == (d["tp"], pp), where
+            # SGLang's --tp-size counts a stage's GPUs; the plan's degrees.tp is the attention TP
+            stage_gpus = d["tp"] * d.get("attention_dp", 1)
+            assert (parsed["tp_size"], parsed["pp_size"]) == (stage_gpus, pp), where
             assert parsed["max_running_requests"] == d["micro_batches"] * d["micro_batch_size"], where
             assert parsed["ep_size"] == d.get("ep", 1), where
         if pp > 1:

@@ -46,7 +46,7 @@ def make_plan(
         for _ in range(g["nodes"]):
             table += [(len({t[0] for t in table}), g["gpu"])] * g["gpus_per_node"]
     degrees: dict[str, Any] = {
-        "tp": tp,
+        "tp": tp // (attention_dp or 1),  # ``tp`` here: GPUs per stage; the plan's degrees.tp: attention TP
         "pp": pp,
         "replicas": replicas,
         "micro_batches": micro_batches,

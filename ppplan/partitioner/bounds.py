@@ -16,7 +16,16 @@ from ppplan.partitioner.costs import Costs, Evaluation
 from ppplan.partitioner.request import PlanRequest
 from ppplan.partitioner.space import Layout
 
-__all__ = ["RUNNER_UPS", "Search", "branch_and_bound", "merge_fronts", "optimistic", "pareto", "rank_key"]
+__all__ = [
+    "RUNNER_UPS",
+    "Search",
+    "branch_and_bound",
+    "merge_fronts",
+    "optimistic",
+    "pareto",
+    "pareto_families",
+    "rank_key",
+]
 
 
 RUNNER_UPS = 5
@@ -85,12 +94,16 @@ class Search:
     """layouts that do not fit: optimistic rejections first (in search order), then exact ones"""
 
 
-def branch_and_bound(costs: Costs, degrees: list[Degrees3], batches: BatchSearch) -> Search:
+def branch_and_bound(
+    costs: Costs, degrees: list[Degrees3], batches: BatchSearch, floor: RankKey | None = None
+) -> Search:
     """The exact batch choice of the promising degrees, ranked best first.
 
     Degrees are visited in order of their optimistic score; once RUNNER_UPS + 1 exact choices are
     known, a degrees whose optimistic score is below the last of them cannot enter the list (an
-    exact cut is never better than its optimistic bound), nor can any after it.
+    exact cut is never better than its optimistic bound), nor can any after it. ``floor`` (the
+    RUNNER_UPS + 1-th key of families searched before) stops the search the same way once one exact
+    choice is known (a family always reports its best).
     """
     req = costs.req
     cands: list[tuple[Degrees3, int, Evaluation]] = []
@@ -105,6 +118,8 @@ def branch_and_bound(costs: Costs, degrees: list[Degrees3], batches: BatchSearch
     evals: list[Evaluation] = []
     keys: list[RankKey] = []
     for d, b, opt in cands:
+        if floor is not None and evals and rank_key(req, opt) < floor:
+            break
         if len(keys) > RUNNER_UPS:
             threshold = sorted(keys, reverse=True)[RUNNER_UPS]
             key = rank_key(req, opt)
@@ -127,7 +142,8 @@ def branch_and_bound(costs: Costs, degrees: list[Degrees3], batches: BatchSearch
     return Search(evaluations=evals, infeasible=infeasible)
 
 
-_Key = tuple[int, int, int, int]
+_Key = tuple[int, ...]
+"""(family, TP, PP, replicas, micro-batch size or -sequences)"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,14 +176,14 @@ def _front(points: list[_Point]) -> list[_Point]:
     return out
 
 
-def _ladder(costs: Costs, batches: BatchSearch, d: Degrees3) -> list[_Point]:
+def _ladder(costs: Costs, batches: BatchSearch, d: Degrees3, family: int = 0) -> list[_Point]:
     """Optimistic points of ``d`` over its batch ladder, straight from the lower bound on the slowest
     stage (TPOT = cycle, throughput = sequences / cycle)."""
     out = []
     for b in batches.ladder(d):
         lay = batches.layout(d, b)
         cycle = max(lay.micro_batches, lay.pp) * lower_bound(costs, lay)
-        out.append(_Point(cycle, lay.replicas * lay.sequences / cycle / lay.gpus, lay.gpus, (*d, b), None))
+        out.append(_Point(cycle, lay.replicas * lay.sequences / cycle / lay.gpus, lay.gpus, (family, *d, b), None))
     return out
 
 
@@ -180,6 +196,17 @@ def pareto(costs: Costs, degrees: list[Degrees3], batches: BatchSearch, chosen: 
     Optimistic points stand in for exact ones until they reach the front; then they are scored at a
     real cut (the cut already solved for their degrees when it fits, else their own optimal cut) and
     the front recomputed, until every point on it is a real cut's."""
+    return pareto_families([(costs, degrees, batches, chosen)])[0]
+
+
+Family = tuple[Costs, list[Degrees3], BatchSearch, list[Evaluation]]
+"""(costs, degrees, batch search, chosen evaluations) of one family of layouts"""
+
+
+def _pool(i: int, family: Family) -> dict[_Key, _Point]:
+    """Family ``i``'s candidate points: its optimistic ladders (every TP × PP at its fewest replicas:
+    per-GPU figures do not depend on them) and its exact evaluations."""
+    costs, degrees, batches, chosen = family
     fewest: dict[tuple[int, int], Degrees3] = {}
     for d in degrees:
         if (d[0], d[1]) not in fewest or d[2] < fewest[(d[0], d[1])][2]:
@@ -187,18 +214,32 @@ def pareto(costs: Costs, degrees: list[Degrees3], batches: BatchSearch, chosen: 
     pool: dict[_Key, _Point] = {}
     if batches.mode != "pinned":
         for d in fewest.values():
-            pool.update((p.key, p) for p in _ladder(costs, batches, d))
+            pool.update((p.key, p) for p in _ladder(costs, batches, d, i))
     for e in [*batches.exact_evaluations, *chosen]:
         if e.feasible:
-            lay = e.layout
-            pool[(*lay.degrees, -lay.sequences)] = _point(costs, e, (*lay.degrees, -lay.sequences))
+            key = (i, *e.layout.degrees, -e.layout.sequences)
+            pool[key] = _point(costs, e, key)
+    return pool
+
+
+def pareto_families(families: list[Family]) -> list[list[Evaluation]]:
+    """:func:`pareto` over several families at once (each with its own costs): one front, returned as
+    each family's points on it. Only points that reach the common front are scored exactly."""
+    pool: dict[_Key, _Point] = {}
+    for i, fam in enumerate(families):
+        pool.update(_pool(i, fam))
     while True:
         front = _front(list(pool.values()))
         todo = [p.key for p in front if p.exact is None]
         if not todo:
-            return [p.exact for p in front if p.exact is not None]
+            out: list[list[Evaluation]] = [[] for _ in families]
+            for p in front:
+                if p.exact is not None:
+                    out[p.key[0]].append(p.exact)
+            return out
         for k in todo:
-            e = batches.at_known_cut(k[:3], k[3])  # type: ignore[arg-type]
+            costs, _, batches, _ = families[k[0]]
+            e = batches.at_known_cut((k[1], k[2], k[3]), k[4])
             if e.feasible:
                 pool[k] = _point(costs, e, k)
             else:
@@ -207,5 +248,5 @@ def pareto(costs: Costs, degrees: list[Degrees3], batches: BatchSearch, chosen: 
 
 def merge_fronts(fronts: list[list[Evaluation]]) -> list[Evaluation]:
     """One Pareto front of several families' fronts (each already exact)."""
-    pts = [_Point(e.tpot, e.per_gpu, e.gpus, (i, 0, 0, 0), e) for i, f in enumerate(fronts) for e in f]
+    pts = [_Point(e.tpot, e.per_gpu, e.gpus, (i, 0, 0, 0, 0), e) for i, f in enumerate(fronts) for e in f]
     return [p.exact for p in _front(pts) if p.exact is not None]

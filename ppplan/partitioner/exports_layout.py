@@ -237,7 +237,8 @@ def read_deployment(plan: dict[str, Any], model_ref: str) -> Deployment:
     req = plan.get("request") or {}
     wl = plan.get("workload") or {}
     stages = plan.get("stages") or []
-    tp, pp, replicas = int(d["tp"]), int(d["pp"]), int(d.get("replicas", 1))
+    # degrees.tp is the attention TP: a stage runs on tp × attention_dp GPUs
+    tp, pp, replicas = int(d["tp"]) * int(d.get("attention_dp") or 1), int(d["pp"]), int(d.get("replicas", 1))
     model, notes = _model_arg(model_ref)
     mbs = int(d.get("micro_batch_size", 1))
     seqs = int(d.get("micro_batches", 1)) * mbs

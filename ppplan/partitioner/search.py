@@ -16,7 +16,16 @@ from ppplan.core.model_source import ModelSource
 from ppplan.core.profile import Profile
 from ppplan.partitioner.assembly import SolverReport, build_plan, explain_infeasible, explain_slo_miss
 from ppplan.partitioner.batch import BatchSearch, Degrees3
-from ppplan.partitioner.bounds import RUNNER_UPS, Search, branch_and_bound, merge_fronts, optimistic, pareto, rank_key
+from ppplan.partitioner.bounds import (
+    RUNNER_UPS,
+    RankKey,
+    Search,
+    branch_and_bound,
+    merge_fronts,
+    optimistic,
+    pareto_families,
+    rank_key,
+)
 from ppplan.partitioner.costs import Costs, Evaluation
 from ppplan.partitioner.expert_costs import expert_families
 from ppplan.partitioner.plan import Plan
@@ -50,8 +59,12 @@ def plan_model(req: PlanRequest, profile: Profile, source: ModelSource) -> Plan:
         return plan_mixed(req, profile, source)
     setup = Setup.of(req, profile)
     tps = check_request(req, profile, setup)
-    families = [_Family.search(Costs(req, profile, setup), list(degrees(req, setup, tps)))]
-    families += [_Family.search(c, list(degrees(req, setup, t))) for c, t in expert_families(req, profile, setup)]
+    experts = expert_families(req, profile, setup)
+    # a pinned EP degree above 1 leaves only the expert-parallel families
+    dense = [] if req.ep is not None and req.ep > 1 else [(Costs(req, profile, setup), tps)]
+    families: list[_Family] = []
+    for c, t in [*dense, *experts]:
+        families.append(_Family.search(c, list(degrees(req, setup, t)), _floor(req, families)))
     ranked = sorted(
         ((e, f) for f in families for e in f.found.evaluations), key=lambda x: rank_key(req, x[0]), reverse=True
     )
@@ -65,10 +78,15 @@ def plan_model(req: PlanRequest, profile: Profile, source: ModelSource) -> Plan:
     if req.solver == "cpsat":
         best, solver = _resolve_with_cpsat(fam.costs, best)
     evals = [best, *(e for e, _ in ranked[1:])]
-    front = merge_fronts([pareto(f.costs, f.degrees, f.batches, [best] if f is fam else []) for f in families])
+    fronts = pareto_families([(f.costs, f.degrees, f.batches, [best] if f is fam else []) for f in families])
+    # latencies under load for the points the plan shows, each with its own family's costs
+    owner = {id(e): f.costs for f, pts in zip(families, fronts, strict=True) for e in pts}
+    owner.update({id(e): f.costs for f in families for e in f.found.evaluations})
+    front = [owner[id(e)].with_load(e) if e is not best else e for e in merge_fronts(fronts)]
+    runner_ups = [owner[id(e)].with_load(e) for e in _runner_ups(evals)]
     evaluated = [e for f in families for e in f.batches.exact_evaluations]
     solve_ms = (time.perf_counter() - t0) * 1e3
-    plan = build_plan(fam.costs, source, best, solver, _runner_ups(evals), front, evaluated, fam.batches.mode, solve_ms)
+    plan = build_plan(fam.costs, source, best, solver, runner_ups, front, evaluated, fam.batches.mode, solve_ms)
     if len(families) > 1:
         notes = [*plan.notes, _family_note(families, fam)]
         plan = plan.model_copy(update={"notes": notes})
@@ -86,9 +104,16 @@ class _Family:
     found: Search
 
     @classmethod
-    def search(cls, costs: Costs, degs: list[Degrees3]) -> _Family:
+    def search(cls, costs: Costs, degs: list[Degrees3], floor: RankKey | None = None) -> _Family:
         batches = BatchSearch(costs, optimistic)
-        return cls(costs=costs, degrees=degs, batches=batches, found=branch_and_bound(costs, degs, batches))
+        return cls(costs=costs, degrees=degs, batches=batches, found=branch_and_bound(costs, degs, batches, floor))
+
+
+def _floor(req: PlanRequest, families: list[_Family]) -> RankKey | None:
+    """The rank key a later family's configuration must reach to enter the runner-ups of the families
+    searched so far (None while they have fewer than RUNNER_UPS + 1 configurations)."""
+    keys = sorted((rank_key(req, e) for f in families for e in f.found.evaluations), reverse=True)
+    return keys[RUNNER_UPS] if len(keys) > RUNNER_UPS else None
 
 
 def _family_note(families: list[_Family], chosen: _Family) -> str:
@@ -110,14 +135,15 @@ def _family_note(families: list[_Family], chosen: _Family) -> str:
 
 
 def _runner_ups(evals: list[Evaluation]) -> list[Evaluation]:
-    """The best evaluation of each next-best TP × PP, up to ``RUNNER_UPS`` (replicas of one TP × PP
-    have the same per-GPU figures: one of them is a runner-up)."""
-    seen = {evals[0].layout.degrees[:2]}
+    """The best evaluation of each next-best TP × PP (with its EP layout), up to ``RUNNER_UPS`` (replicas
+    of one TP × PP have the same per-GPU figures: one of them is a runner-up)."""
+    key = lambda e: (*e.layout.degrees[:2], e.layout.ep, e.layout.attention_dp)  # noqa: E731
+    seen = {key(evals[0])}
     out: list[Evaluation] = []
     for e in evals[1:]:
-        if e.layout.degrees[:2] in seen:
+        if key(e) in seen:
             continue
-        seen.add(e.layout.degrees[:2])
+        seen.add(key(e))
         out.append(e)
         if len(out) == RUNNER_UPS:
             break

@@ -79,6 +79,7 @@ def _range_problems(plan: dict[str, Any]) -> list[str]:
     checks = [_count_problem(f"degrees.{k}", deg[k]) for k in ("tp", "pp", "replicas", "micro_batches")]
     checks += [_count_problem("degrees.micro_batch_size", deg["micro_batch_size"])]
     checks += [_count_problem(f"degrees.{k}", deg[k]) for k in ("gpus_used",)]
+    checks += [_count_problem(f"degrees.{k}", deg.get(k, 1)) for k in ("ep", "attention_dp")]
     checks += [_count_problem(f"cluster.{k}", plan["cluster"][k]) for k in ("count", "nodes", "gpus_per_node")]
     checks += [
         _count_problem(f"workload.{k}", plan["workload"][k])
@@ -152,8 +153,11 @@ def validate_plan(plan: dict[str, Any]) -> list[str]:
             ),
             (all(n >= 1 for n in part), f"partition: {part} leaves a stage without a decoder layer"),
             (
-                deg["tp"] * deg["pp"] * deg["replicas"] == deg["gpus_used"] <= plan["cluster"]["count"],
-                f"degrees: tp × pp × replicas = {deg['tp'] * deg['pp'] * deg['replicas']}, "
+                deg["tp"] * deg.get("attention_dp", 1) * deg["pp"] * deg["replicas"]
+                == deg["gpus_used"]
+                <= plan["cluster"]["count"],
+                f"degrees: tp × attention_dp × pp × replicas = "
+                f"{deg['tp'] * deg.get('attention_dp', 1) * deg['pp'] * deg['replicas']}, "
                 f"gpus_used {deg['gpus_used']}, cluster {plan['cluster']['count']}",
             ),
         )

@@ -13,6 +13,7 @@ from rich.markup import escape
 from ppplan.api.cli.common import console, fail, load_profile_arg, user_errors, write_json
 from ppplan.api.cli.plan_view import print_plan
 from ppplan.core.errors import PpplanError
+from ppplan.partitioner.cluster_file import parse_cluster_file
 from ppplan.partitioner.exports import ENGINE_FORMATS, render_export
 from ppplan.partitioner.plan import Plan
 from ppplan.partitioner.request import PlanRequest
@@ -62,6 +63,10 @@ def plan(
     model: Annotated[str, typer.Argument(help="preset name or path to a config.json")],
     gpus: Annotated[str, typer.Option(help="COUNTxKIND, e.g. 8xH100")] = "8xH100",
     nodes: Annotated[int | None, typer.Option(help="nodes the GPUs are spread over")] = None,
+    cluster: Annotated[
+        Path | None,
+        typer.Option(help="JSON file listing the nodes (GPU kind, count, interconnect) and network; replaces --gpus"),
+    ] = None,
     weight_dtype: Annotated[str, typer.Option(help="bf16, fp16, fp8, int8, int4")] = "bf16",
     kv_dtype: Annotated[str, typer.Option(help="bf16, fp16, fp8")] = "bf16",
     prompt_tokens: Annotated[
@@ -84,6 +89,15 @@ def plan(
     max_ttft_ms: Annotated[float | None, typer.Option(help="SLO: max p90 time to first token under load, ms")] = None,
     tp: Annotated[int | None, typer.Option(help="pin the tensor-parallel degree")] = None,
     pp: Annotated[int | None, typer.Option(help="pin the pipeline-parallel degree")] = None,
+    ep: Annotated[
+        int | None,
+        typer.Option(
+            help="pin the expert-parallel degree of MoE layers (1: experts split by TP; with EP --tp is attention's)"
+        ),
+    ] = None,
+    expert_imbalance: Annotated[
+        float | None, typer.Option(help="busiest EP rank's routed tokens / the mean [default: 1.5, EPLB]")
+    ] = None,
     gpu_memory_utilization: Annotated[float, typer.Option(help="share of HBM the engine uses")] = 0.9,
     runtime_reserve_gib: Annotated[float, typer.Option(help="per-GPU runtime reserve, GiB")] = 2.0,
     prefill_chunk_tokens: Annotated[
@@ -125,10 +139,21 @@ def plan(
     }
     if workload is not None:
         lengths = _workload_fields(workload)
+    cluster_data: dict[str, Any] | None = None
+    if cluster is not None:
+        if nodes is not None:
+            raise PpplanError("nodes", nodes, rule="a cluster file lists its nodes; leave --nodes unset with --cluster")
+        text = read_input_text(cluster, "cluster")
+        gpus = parse_cluster_file(text).text  # strict: bad JSON or keys raise PpplanError naming the key path
+        try:
+            cluster_data = json.loads(text)
+        except (ValueError, RecursionError) as exc:
+            raise PpplanError("cluster", rule=f"{str(cluster)!r} is not valid JSON ({str(exc)[:200]})") from None
     req = PlanRequest(
         model=preset_name(model) or model,  # a hub id and the preset's name are one request
         gpus=gpus,
         nodes=nodes,
+        cluster=cluster_data,
         weight_dtype=weight_dtype,
         kv_dtype=kv_dtype,
         **lengths,
@@ -141,6 +166,8 @@ def plan(
         max_ttft_ms=max_ttft_ms,
         tp=tp,
         pp=pp,
+        ep=ep,
+        expert_imbalance=expert_imbalance,
         gpu_memory_utilization=gpu_memory_utilization,
         runtime_reserve_gib=runtime_reserve_gib,
         prefill_chunk_tokens=prefill_chunk_tokens,
