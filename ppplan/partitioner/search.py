@@ -89,7 +89,9 @@ def plan_model(req: PlanRequest, profile: Profile, source: ModelSource) -> Plan:
     plan = build_plan(fam.costs, source, best, solver, runner_ups, front, evaluated, fam.batches.mode, solve_ms)
     if len(families) > 1:
         notes = [*plan.notes, _family_note(families, fam)]
-        plan = plan.model_copy(update={"notes": notes})
+        solved = sum(f.costs.evaluated for f in families)
+        prov = plan.provenance.model_copy(update={"configs_evaluated": solved})
+        plan = plan.model_copy(update={"notes": notes, "provenance": prov})
     return plan
 
 
