@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from ppplan.executor.arrivals import LoadSpec
+from ppplan.executor.report import run_header, run_title, same_device
 
 __all__ = [
     "StepFit",
@@ -238,26 +239,19 @@ def build_load_report(
     )
     calibrated = predict(pp, load, fit.fixed_s, fit.per_entry_s, per_tok)
     from_plan = predict(pp, load, *_plan_cost(plan))
-    same_device = (plan["cluster"]["gpu"] == "CPU") == (device == "cpu")
     notes = [
         "each sequence of a step runs its own forward (no ragged batching): a step costs fixed + per entry + "
         "per prefill token, the form the prediction assumes",
         "calibrated: the stage coefficients are fitted to this run's own steps (the same run is then "
         "predicted), so the error measures the queueing model, not the cost model",
     ]
-    if not same_device:
+    if not same_device(plan, device):
         notes.append(f"the plan's stage times are for {plan['cluster']['gpu']}; this run used {device} ranks")
     return {
         "kind": "load",
         "plan_id": plan_id,
         "model": plan["model"]["name"],
-        "plan_gpu": plan["cluster"]["gpu"],
-        "device": device,
-        "backend": result["backend"],
-        "world_size": result["world_size"],
-        "torch": result["torch"],
-        "partition": plan["partition"],
-        "degrees": plan["degrees"],
+        **run_header(plan, result, device),
         "load": load.to_dict(),
         "measured": measured,
         "fit": asdict(fit),
@@ -327,8 +321,7 @@ def print_load_report(report: dict[str, Any], console: Any) -> None:
     """Readable summary: the check, then measured vs predicted TTFT/TPOT."""
     ld, ms = report["load"], report["measured"]
     console.print(
-        f"[bold]{report['model']}[/] partition {report['partition']} on {report['world_size']} "
-        f"{report['device']} rank(s) ({report['backend']}): {ms['requests']} requests at {ld['rate']:g}/s, "
+        f"{run_title(report)}: {ms['requests']} requests at {ld['rate']:g}/s, "
         f"prompt {ld['prompt_tokens']}, output {ld['output_tokens']} tokens, token budget {ld['token_budget']}, "
         f"≤ {ld['max_seqs']} sequences, {ld['groups']} step(s) in flight",
         highlight=False,

@@ -14,11 +14,37 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-__all__ = ["build_report", "measurement_rows", "print_report", "store_rows"]
+__all__ = ["build_report", "measurement_rows", "print_report", "run_header", "run_title", "same_device", "store_rows"]
 
 
 def _rel(measured: float, predicted: float) -> float | None:
     return measured / predicted - 1.0 if predicted > 0 else None
+
+
+def same_device(plan: dict[str, Any], device: str) -> bool:
+    """Whether the run's ranks (``device``) are the kind the plan predicts for (CPU or a GPU)."""
+    return (plan["cluster"]["gpu"] == "CPU") == (device == "cpu")
+
+
+def run_header(plan: dict[str, Any], result: dict[str, Any], device: str) -> dict[str, Any]:
+    """What a run report says of the plan's GPU, the run's ranks and the cut they ran."""
+    return {
+        "plan_gpu": plan["cluster"]["gpu"],
+        "device": device,
+        "backend": result["backend"],
+        "world_size": result["world_size"],
+        "torch": result["torch"],
+        "partition": plan["partition"],
+        "degrees": plan["degrees"],
+    }
+
+
+def run_title(report: dict[str, Any]) -> str:
+    """A report's first line up to the workload: model, partition, ranks and backend (rich markup)."""
+    return (
+        f"[bold]{report['model']}[/] partition {report['partition']} on {report['world_size']} "
+        f"{report['device']} rank(s) ({report['backend']})"
+    )
 
 
 def build_report(
@@ -41,7 +67,7 @@ def build_report(
         and plan["degrees"]["micro_batch_size"] == b
         and plan["degrees"]["micro_batches"] == M
     )
-    same_device = (plan["cluster"]["gpu"] == "CPU") == (device == "cpu")
+    same_kind = same_device(plan, device)
     stages = []
     for st in plan["stages"]:
         r = ranks[st["index"]]
@@ -94,7 +120,7 @@ def build_report(
             f"expert dispatch (warm-up included): {remote} of {total} (token, expert) assignments went to "
             "another EP rank"
         )
-    if not same_device:
+    if not same_kind:
         notes.append(
             f"the plan predicts {plan['cluster']['gpu']} times; this run used {device} ranks, so the "
             "comparison checks the cut, not the cost model"
@@ -106,15 +132,9 @@ def build_report(
         "model": plan["model"]["name"],
         "model_source": plan["model_source"],
         "config_hash": plan["model"]["config_hash"],
-        "plan_gpu": plan["cluster"]["gpu"],
-        "device": device,
-        "backend": result["backend"],
-        "world_size": result["world_size"],
-        "torch": result["torch"],
-        "partition": plan["partition"],
-        "degrees": plan["degrees"],
+        **run_header(plan, result, device),
         "workload": wl,
-        "comparable": same_device and same_workload,
+        "comparable": same_kind and same_workload,
         "predicted": {"tpot_ms": plan["metrics"]["tpot_ms"], "ttft_ms": plan["metrics"]["ttft_ms"]},
         "measured": measured,
         "stages": stages,
@@ -159,8 +179,7 @@ def print_report(report: dict[str, Any], console: Console) -> None:
     """Readable summary: the check, then a predicted-vs-measured table per stage."""
     wl = report["workload"]
     console.print(
-        f"[bold]{report['model']}[/] partition {report['partition']} on {report['world_size']} "
-        f"{report['device']} rank(s) ({report['backend']}); {wl['micro_batches']} micro-batch(es) × "
+        f"{run_title(report)}; {wl['micro_batches']} micro-batch(es) × "
         f"{wl['micro_batch_size']} sequences, prompt {wl['prompt_tokens']}, {wl['new_tokens']} new tokens",
         highlight=False,
     )

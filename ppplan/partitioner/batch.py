@@ -25,7 +25,7 @@ from typing import Literal
 from ppplan.partitioner.costs import Costs, Evaluation
 from ppplan.partitioner.space import MAX_SEQUENCES, Layout
 
-__all__ = ["BatchSearch", "Degrees3", "Mode"]
+__all__ = ["BatchSearch", "Degrees3", "Mode", "bisect_largest", "largest", "smallest"]
 
 _GRID = sorted({m * 2**k for k in range(15) for m in (2, 3)} | {1})
 """1, 2, 3, 4, 6, 8, 12, 16, …: the optimistic search's micro-batch sizes (exact cuts refine between)"""
@@ -39,13 +39,18 @@ def _ok(e: Evaluation) -> bool:
     return e.feasible and e.slo_met
 
 
-def _largest(ok: Callable[[int], bool], lo: int, hi: int) -> int | None:
+def largest(ok: Callable[[int], bool], lo: int, hi: int) -> int | None:
     """Largest b in [lo, hi] with ok(b), for ok true below a threshold; None when ok(lo) is false."""
     if hi < lo or not ok(lo):
         return None
     if ok(hi):  # no SLO binds (often: none given): no bisection
         return hi
-    hi -= 1
+    return bisect_largest(ok, lo, hi - 1)
+
+
+def bisect_largest(ok: Callable[[int], bool], lo: int, hi: int) -> int:
+    """Largest b in [lo, hi] with ok(b) by bisection, for ok true below a threshold and ok(lo) known
+    true (``lo`` when no other b passes); ok(hi) is tested only when the bisection reaches it."""
     while lo < hi:
         mid = (lo + hi + 1) // 2
         if ok(mid):
@@ -55,7 +60,7 @@ def _largest(ok: Callable[[int], bool], lo: int, hi: int) -> int | None:
     return lo
 
 
-def _smallest(ok: Callable[[int], bool], lo: int, hi: int) -> int | None:
+def smallest(ok: Callable[[int], bool], lo: int, hi: int) -> int | None:
     """Smallest b in [lo, hi] with ok(b), for ok true above a threshold; None when ok(hi) is false."""
     if hi < lo or not ok(hi):
         return None
@@ -172,10 +177,10 @@ class BatchSearch:
             return 1, self.optimistic(d, 1)
         ok = lambda i: _ok(self.optimistic(d, grid[i]))  # noqa: E731
         if self.mode == "largest":
-            i = _largest(ok, 0, len(grid) - 1)
+            i = largest(ok, 0, len(grid) - 1)
             b = grid[0] if i is None else grid[i]
         else:
-            i = _smallest(ok, 0, len(grid) - 1)
+            i = smallest(ok, 0, len(grid) - 1)
             b = grid[-1] if i is None else grid[i]
         return b, self.optimistic(d, b)
 
@@ -189,7 +194,7 @@ class BatchSearch:
         ok = lambda i: self.meets(d, grid[i])  # noqa: E731
         pos = grid.index(b_opt)
         if self.mode == "largest":
-            i = _largest(ok, 0, pos - 1)
+            i = largest(ok, 0, pos - 1)
             return self.exact(d, grid[0 if i is None else i])
         for b in grid[pos + 1 :]:  # upwards until the SLOs hold; memory only gets tighter
             if self.meets(d, b):
@@ -199,7 +204,7 @@ class BatchSearch:
         if e.feasible:
             return e
         # nothing meets the SLOs and the optimistic batch does not fit any cut: the largest that does
-        i = _largest(lambda j: self.exact(d, grid[j]).feasible, 0, pos)
+        i = largest(lambda j: self.exact(d, grid[j]).feasible, 0, pos)
         return self.exact(d, grid[0 if i is None else i])
 
     def refine(self, e: Evaluation) -> Evaluation:
@@ -213,10 +218,10 @@ class BatchSearch:
         ok = lambda x: self.meets(d, x)  # noqa: E731
         if self.mode == "largest":
             nxt = next((g for g in grid if g > b0), b0)
-            b = _largest(ok, b0, nxt)
+            b = largest(ok, b0, nxt)
         else:
             prev = max((g for g in grid if g < b0), default=b0)
-            b = _smallest(ok, prev, b0)
+            b = smallest(ok, prev, b0)
         return self.exact(d, b0 if b is None else b)
 
     def ladder(self, d: Degrees3) -> list[int]:

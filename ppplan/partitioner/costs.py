@@ -214,6 +214,10 @@ class Costs:
         mem = self.layer_memory(tp, pp, sequences)
         return limit > 0 and mem.total / pp <= limit and mem.largest_need <= limit
 
+    def stage_room(self, tp: int, pp: int) -> float:
+        """Bytes per TP rank that ``pp`` stages at TP ``tp`` hold together (the mean-stage bound's room)."""
+        return pp * self.setup.limit_bytes
+
     def max_sequences(self, tp: int, pp: int, cap: int) -> int:
         """Most sequences per replica (at most ``cap``) that pass :meth:`fits`; 0 when one does not.
 
@@ -224,7 +228,7 @@ class Costs:
         one = self.layer_memory(tp, pp, 1)
         two = self.layer_memory(tp, pp, 2)
         per_seq = two.total - one.total
-        hi = cap if per_seq <= 0 else min(cap, max(1, int((pp * self.setup.limit_bytes - one.total) / per_seq) + 1))
+        hi = cap if per_seq <= 0 else min(cap, max(1, int((self.stage_room(tp, pp) - one.total) / per_seq) + 1))
         if self.fits(tp, pp, hi):
             return hi
         lo = 1

@@ -22,12 +22,21 @@ from ortools.sat.python import cp_model
 from ppplan.partitioner.dp import solve_partition
 from ppplan.partitioner.problem import PartitionProblem, PartitionSolution, SolveStatus, evaluate_cut, stage_bounds
 
-__all__ = ["TIME_RESOLUTION", "solve_partition_cpsat"]
+__all__ = [
+    "TIME_RESOLUTION",
+    "WITH_CUT",
+    "add_stage_memory",
+    "bound_and_gap",
+    "hint_cut",
+    "run_model",
+    "solve_partition_cpsat",
+    "stage_chain",
+]
 
 #: integer steps the largest stage time is divided into
 TIME_RESOLUTION = 10_000_000
 
-_WITH_CUT: dict[Any, SolveStatus] = {cp_model.OPTIMAL: "optimal", cp_model.FEASIBLE: "feasible"}
+WITH_CUT: dict[Any, SolveStatus] = {cp_model.OPTIMAL: "optimal", cp_model.FEASIBLE: "feasible"}
 
 
 def solve_partition_cpsat(
@@ -52,10 +61,7 @@ def solve_partition_cpsat(
     m, y, q = _build_model(pr)
     if hint:
         _add_dp_hint(m, y, pr)
-    solver = cp_model.CpSolver()
-    solver.parameters.max_time_in_seconds = time_limit_s
-    solver.parameters.num_workers = workers
-    code = solver.solve(m)
+    solver, code = run_model(m, time_limit_s, workers)
     wall = time.perf_counter() - t0
     if code == cp_model.MODEL_INVALID:
         raise RuntimeError(f"CP-SAT rejected the partition model as invalid: {m.validate()}")
@@ -67,14 +73,13 @@ def solve_partition_cpsat(
         return PartitionSolution(
             status="timeout", solver="cpsat", wall_s=wall, reason=f"no solution within {time_limit_s:g} s"
         )
-    if code not in _WITH_CUT:
+    if code not in WITH_CUT:
         raise RuntimeError(f"CP-SAT returned an unexpected status {solver.status_name(code)}")
     stages = [solver.value(v) for v in y]
     ev = evaluate_cut(pr, [stages.count(k) for k in range(pr.stages)])
-    bound = solver.best_objective_bound / q
-    gap = max(0.0, (ev.bottleneck - bound) / ev.bottleneck) if ev.bottleneck > 0 else 0.0
+    bound, gap = bound_and_gap(solver, q, ev.bottleneck)
     return PartitionSolution(
-        status=_WITH_CUT[code],
+        status=WITH_CUT[code],
         solver="cpsat",
         sizes=ev.sizes,
         bottleneck=ev.bottleneck,
@@ -93,14 +98,7 @@ def _build_model(pr: PartitionProblem) -> tuple[cp_model.CpModel, list[Any], flo
     worst = max((sum(pr.time) * speed[k] + adds[k]) for k in range(p)) or 1.0
     q = TIME_RESOLUTION / worst  # integer steps per second
     m = cp_model.CpModel()
-    # stage index of each unit: starts at 0, ends at p-1, steps of 0 or 1 (contiguous, non-empty)
-    y = [m.new_int_var(0, p - 1, f"stage_of_unit_{i}") for i in range(n)]
-    m.add(y[0] == 0)
-    m.add(y[n - 1] == p - 1)
-    for i in range(n - 1):
-        m.add(y[i + 1] - y[i] >= 0)
-        m.add(y[i + 1] - y[i] <= 1)
-    x = _stage_indicators(m, y, n, p)
+    y, x = stage_chain(m, n, p, "unit")
     # the slowest stage: every stage's scaled time plus its send is at most B
     bott = m.new_int_var(0, math.ceil(TIME_RESOLUTION * 1.01) + 1, "bottleneck")
     for k in range(p):
@@ -111,19 +109,68 @@ def _build_model(pr: PartitionProblem) -> tuple[cp_model.CpModel, list[Any], flo
     return m, y, q
 
 
-def _stage_indicators(m: cp_model.CpModel, y: list[Any], n: int, p: int) -> list[dict[int, Any]]:
-    """x[i][k] <=> unit i is on stage k; unit i can only be on stages max(0, i-(n-p))..min(i, p-1)."""
+def run_model(m: cp_model.CpModel, time_limit_s: float, workers: int) -> tuple[cp_model.CpSolver, Any]:
+    """Solve ``m`` within ``time_limit_s`` seconds on ``workers`` workers: (the solver, its status)."""
+    solver = cp_model.CpSolver()
+    solver.parameters.max_time_in_seconds = time_limit_s
+    solver.parameters.num_workers = workers
+    return solver, solver.solve(m)
+
+
+def bound_and_gap(solver: cp_model.CpSolver, q: float, bottleneck: float) -> tuple[float, float]:
+    """(proven lower bound on the bottleneck in seconds, relative gap of ``bottleneck`` seconds to
+    it) of a model solved at ``q`` integer steps per second."""
+    bound = solver.best_objective_bound / q
+    return bound, max(0.0, (bottleneck - bound) / bottleneck) if bottleneck > 0 else 0.0
+
+
+def stage_chain(m: cp_model.CpModel, n: int, p: int, item: str) -> tuple[list[Any], list[dict[int, Any]]]:
+    """The assignment of ``n`` items (``item`` names them: unit, layer) to ``p`` contiguous, non-empty
+    stages: (y, x) with y[i] the stage index of item i (0 first, p-1 last, steps of 0 or 1) and
+    x[i][k] <=> item i is on stage k, for the stages it can be on: max(0, i-(n-p))..min(i, p-1)."""
+    y = [m.new_int_var(0, p - 1, f"stage_of_{item}_{i}") for i in range(n)]
+    m.add(y[0] == 0)
+    m.add(y[n - 1] == p - 1)
+    for i in range(n - 1):
+        m.add(y[i + 1] - y[i] >= 0)
+        m.add(y[i + 1] - y[i] <= 1)
     x: list[dict[int, Any]] = []
     for i in range(n):
         row = {}
         for k in range(max(0, i - (n - p)), min(i, p - 1) + 1):
-            b = m.new_bool_var(f"unit_{i}_on_stage_{k}")
+            b = m.new_bool_var(f"{item}_{i}_on_stage_{k}")
             m.add(y[i] == k).only_enforce_if(b)
             m.add(y[i] != k).only_enforce_if(~b)
             row[k] = b
         m.add_exactly_one(row.values())
         x.append(row)
-    return x
+    return y, x
+
+
+def add_stage_memory(
+    m: cp_model.CpModel,
+    x: list[dict[int, Any]],
+    k: int,
+    items: list[int],
+    memory: tuple[float, ...] | list[float],
+    peak: tuple[float, ...] | list[float],
+    limit: float,
+) -> None:
+    """Stage ``k`` (which may hold ``items``) within ``limit`` bytes: its items' additive ``memory``
+    plus the largest transient ``peak`` among them, in whole bytes (usage rounded up, the limit down)."""
+    top = max((math.ceil(peak[i]) for i in items), default=0)
+    pk = m.new_int_var(0, top, f"peak_of_stage_{k}")
+    for i in items:
+        if peak[i] > 0:
+            m.add(pk >= math.ceil(peak[i])).only_enforce_if(x[i][k])
+    m.add(sum(math.ceil(memory[i]) * x[i][k] for i in items) + pk <= math.floor(limit))
+
+
+def hint_cut(m: cp_model.CpModel, y: list[Any], sizes: tuple[int, ...] | list[int]) -> None:
+    """Warm-start ``m`` (stage index ``y`` of each item) with the cut ``sizes``."""
+    for k, (first, last) in enumerate(stage_bounds(sizes)):
+        for i in range(first, last + 1):
+            m.add_hint(y[i], k)
 
 
 def _add_memory_limits(m: cp_model.CpModel, x: list[dict[int, Any]], pr: PartitionProblem) -> None:
@@ -134,19 +181,11 @@ def _add_memory_limits(m: cp_model.CpModel, x: list[dict[int, Any]], pr: Partiti
     for k, limit in enumerate(pr.stage_limits()):
         if limit == math.inf:
             continue
-        units = [i for i in range(n) if k in x[i]]
-        top = max((math.ceil(peak[i]) for i in units), default=0)
-        pk = m.new_int_var(0, top, f"peak_of_stage_{k}")
-        for i in units:
-            if peak[i] > 0:
-                m.add(pk >= math.ceil(peak[i])).only_enforce_if(x[i][k])
-        m.add(sum(math.ceil(mem[i]) * x[i][k] for i in units) + pk <= math.floor(limit))
+        add_stage_memory(m, x, k, [i for i in range(n) if k in x[i]], mem, peak, limit)
 
 
 def _add_dp_hint(m: cp_model.CpModel, y: list[Any], pr: PartitionProblem) -> None:
     """Warm-start with the DP's cut (nothing when the DP finds none)."""
     dp = solve_partition(pr, tie_break=False, explain=False)
     if dp.optimal:
-        for k, (first, last) in enumerate(stage_bounds(dp.sizes)):
-            for i in range(first, last + 1):
-                m.add_hint(y[i], k)
+        hint_cut(m, y, dp.sizes)

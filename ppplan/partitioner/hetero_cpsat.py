@@ -19,16 +19,20 @@ from typing import Any
 
 from ortools.sat.python import cp_model
 
+from ppplan.partitioner.cpsat import (
+    TIME_RESOLUTION,
+    WITH_CUT,
+    add_stage_memory,
+    bound_and_gap,
+    hint_cut,
+    run_model,
+    stage_chain,
+)
 from ppplan.partitioner.hetero import solve_hetero, solve_placement
 from ppplan.partitioner.hetero_problem import HeteroCut, HeteroProblem, evaluate_hetero_cut, placement
-from ppplan.partitioner.problem import SolveStatus, stage_bounds
+from ppplan.partitioner.problem import SolveStatus
 
 __all__ = ["TIME_RESOLUTION", "HeteroCpsatResult", "solve_hetero_cpsat"]
-
-TIME_RESOLUTION = 10_000_000
-"""integer steps the largest possible stage time is divided into"""
-
-_WITH_CUT: dict[Any, SolveStatus] = {cp_model.OPTIMAL: "optimal", cp_model.FEASIBLE: "feasible"}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -71,24 +75,18 @@ def solve_hetero_cpsat(
     m, y, q = _model(pr, groups, sends)
     dp = solve_placement(pr, order, counts, final=False) if hint else None
     if dp is not None:
-        for k, (a, b) in enumerate(stage_bounds(dp.sizes)):
-            for i in range(a, b + 1):
-                m.add_hint(y[i], k)
-    solver = cp_model.CpSolver()
-    solver.parameters.max_time_in_seconds = time_limit_s
-    solver.parameters.num_workers = workers
-    code = solver.solve(m)
+        hint_cut(m, y, dp.sizes)
+    solver, code = run_model(m, time_limit_s, workers)
     wall = time.perf_counter() - t0
     if code == cp_model.MODEL_INVALID:
         raise RuntimeError(f"CP-SAT rejected the placement model as invalid: {m.validate()}")
-    if code not in _WITH_CUT:
+    if code not in WITH_CUT:
         status: SolveStatus = "infeasible" if code == cp_model.INFEASIBLE else "timeout"
         return HeteroCpsatResult(status=status, cut=None, bound=math.inf, gap=math.inf, wall_s=wall)
     stage_of = [solver.value(v) for v in y]
     cut = evaluate_hetero_cut(pr, order, counts, [stage_of.count(k) for k in range(len(groups))])
-    bound = solver.best_objective_bound / q
-    gap = max(0.0, (cut.bottleneck - bound) / cut.bottleneck) if cut.bottleneck > 0 else 0.0
-    return HeteroCpsatResult(status=_WITH_CUT[code], cut=cut, bound=bound, gap=gap, wall_s=wall)
+    bound, gap = bound_and_gap(solver, q, cut.bottleneck)
+    return HeteroCpsatResult(status=WITH_CUT[code], cut=cut, bound=bound, gap=gap, wall_s=wall)
 
 
 def _model(pr: HeteroProblem, groups: list[int], sends: list[float]) -> tuple[cp_model.CpModel, list[Any], float]:
@@ -97,33 +95,12 @@ def _model(pr: HeteroProblem, groups: list[int], sends: list[float]) -> tuple[cp
     worst = max(sum(pr.groups[g].time) + x for g, x in zip(groups, sends, strict=True)) or 1.0
     q = TIME_RESOLUTION / worst
     m = cp_model.CpModel()
-    y = [m.new_int_var(0, p - 1, f"stage_of_layer_{i}") for i in range(n)]
-    m.add(y[0] == 0)
-    m.add(y[n - 1] == p - 1)
-    for i in range(n - 1):  # contiguous, non-empty stages: the stage index steps by 0 or 1
-        m.add(y[i + 1] - y[i] >= 0)
-        m.add(y[i + 1] - y[i] <= 1)
-    # x[i][k] <=> layer i on stage k; layer i can only be on stages max(0, i-(n-p))..min(i, p-1)
-    x: list[dict[int, Any]] = []
-    for i in range(n):
-        row = {}
-        for k in range(max(0, i - (n - p)), min(i, p - 1) + 1):
-            b = m.new_bool_var(f"layer_{i}_on_stage_{k}")
-            m.add(y[i] == k).only_enforce_if(b)
-            m.add(y[i] != k).only_enforce_if(~b)
-            row[k] = b
-        m.add_exactly_one(row.values())
-        x.append(row)
+    y, x = stage_chain(m, n, p, "layer")
     bott = m.new_int_var(0, math.ceil(TIME_RESOLUTION * 1.01) + 1, "bottleneck")
     for k, (g, send) in enumerate(zip(groups, sends, strict=True)):
         grp = pr.groups[g]
         layers = [i for i in range(n) if k in x[i]]
         m.add(sum(round(grp.time[i] * q) * x[i][k] for i in layers) + round(send * q) <= bott)
-        peak = grp.peak or (0.0,) * n
-        top = m.new_int_var(0, max((math.ceil(peak[i]) for i in layers), default=0), f"peak_of_stage_{k}")
-        for i in layers:
-            if peak[i] > 0:
-                m.add(top >= math.ceil(peak[i])).only_enforce_if(x[i][k])
-        m.add(sum(math.ceil(grp.memory[i]) * x[i][k] for i in layers) + top <= math.floor(grp.memory_limit))
+        add_stage_memory(m, x, k, layers, grp.memory, grp.peak or (0.0,) * n, grp.memory_limit)
     m.minimize(bott)
     return m, y, q

@@ -19,7 +19,7 @@ from ppplan.core.costmodel import LinkSettings
 from ppplan.core.errors import PpplanError
 from ppplan.partitioner.baselines import ENGINE_DEFAULTS
 from ppplan.partitioner.cluster import MAX_GROUPS, Cluster
-from ppplan.partitioner.problem import MAX_UNITS, MEMORY_REL_TOL, stage_bounds
+from ppplan.partitioner.problem import MAX_UNITS, MEMORY_REL_TOL, CutEvaluation, stage_bounds
 
 __all__ = [
     "HeteroCut",
@@ -155,38 +155,21 @@ class StagePlace:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class HeteroCut:
-    """A cut on one placement, stage by stage (seconds, bytes)."""
+class HeteroCut(CutEvaluation):
+    """A cut on one placement, stage by stage (seconds, bytes): the units are the decoder layers,
+    a stage's time is its own layers' time on its group's kind plus its send, its limit its group's."""
 
     order: tuple[int, ...]
     """groups along the pipeline (those hosting stages)"""
     counts: tuple[int, ...]
     """stages of each group of ``order``"""
-    sizes: tuple[int, ...]
-    """layers per stage"""
     places: tuple[StagePlace, ...]
-    stage_times: tuple[float, ...]
-    """own layers' time on the stage's kind plus its send"""
     stage_sends: tuple[float, ...]
-    stage_memory: tuple[float, ...]
-    stage_limits: tuple[float, ...]
-    stage_fits: tuple[bool, ...]
-    bottleneck: float
 
     @property
     def pp(self) -> int:
         """Stages."""
         return len(self.sizes)
-
-    @property
-    def fits(self) -> bool:
-        """Every stage within its group's memory limit."""
-        return all(self.stage_fits)
-
-    @property
-    def bounds(self) -> list[tuple[int, int]]:
-        """(first, last) layer of each stage, inclusive."""
-        return stage_bounds(self.sizes)
 
 
 def placement(pr: HeteroProblem, order: Sequence[int], counts: Sequence[int]) -> tuple[list[int], list[float]]:

@@ -33,7 +33,7 @@ from collections.abc import Callable
 from ppplan.core.model_source import ModelSource
 from ppplan.core.profile import Profile
 from ppplan.partitioner.assembly import SolverReport
-from ppplan.partitioner.batch import BatchSearch, Degrees3
+from ppplan.partitioner.batch import BatchSearch, Degrees3, bisect_largest
 from ppplan.partitioner.bounds import RUNNER_UPS, TIE_EVALUATIONS, lower_bound, pareto, rank_key
 from ppplan.partitioner.costs import Costs, Evaluation
 from ppplan.partitioner.explain import explain_slo_miss
@@ -196,13 +196,7 @@ def _refine(costs: MixedCosts, batches: BatchSearch, e: Evaluation, key: _Key) -
         at = costs.at_placement(batches.layout(d, b), cut.order, cut.counts, cut.sizes)
         return at is not None and key(at) >= key(e)
 
-    lo, hi = b0, nxt - 1
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if ok(mid):
-            lo = mid
-        else:
-            hi = mid - 1
+    lo = bisect_largest(ok, b0, nxt - 1)
     return e if lo == b0 else max(e, batches.exact(d, lo), key=key)
 
 

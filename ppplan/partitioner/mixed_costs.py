@@ -172,25 +172,9 @@ class MixedCosts(Costs):
                 lo = mid + 1
         return cands[lo] * (1 - 1e-12)
 
-    def max_sequences(self, tp: int, pp: int, cap: int) -> int:
-        """Most sequences (at most ``cap``) that pass :meth:`fits`; 0 when one does not (memory is
-        affine in the sequences: the closed form, then bisection for the per-layer test)."""
-        if not self.fits(tp, pp, 1):
-            return 0
-        room = sum(self.slot_limits(tp)[:pp])
-        one, two = self.layer_memory(tp, pp, 1), self.layer_memory(tp, pp, 2)
-        per_seq = two.total - one.total
-        hi = cap if per_seq <= 0 else min(cap, max(1, int((room - one.total) / per_seq) + 1))
-        if self.fits(tp, pp, hi):
-            return hi
-        lo = 1
-        while lo < hi - 1:
-            mid = (lo + hi) // 2
-            if self.fits(tp, pp, mid):
-                lo = mid
-            else:
-                hi = mid
-        return lo
+    def stage_room(self, tp: int, pp: int) -> float:
+        """Bytes per TP rank the ``pp`` largest stage slots hold together (:meth:`Costs.max_sequences`'s room)."""
+        return sum(self.slot_limits(tp)[:pp])
 
     def replica_cost(self, lay: Layout, bottleneck: float) -> ReplicaCost:
         """The step cost of the kind of ``lay``'s bottleneck stage (the fastest kind before a cut)."""

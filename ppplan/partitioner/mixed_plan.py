@@ -6,31 +6,21 @@ candidates, exports, provenance, notes).
 
 from __future__ import annotations
 
-import datetime as _dt
-import functools
 from dataclasses import dataclass
-from importlib.metadata import PackageNotFoundError, version
-from typing import Any
 
 from ppplan.core.model_source import ModelSource
-from ppplan.partitioner.assembly import SolverReport
+from ppplan.partitioner.assembly import SolverReport, assemble_plan, metrics, provenance, schedule
 from ppplan.partitioner.costs import Evaluation
-from ppplan.partitioner.exports import export_plan
 from ppplan.partitioner.hetero import HeteroCut, HeteroProblem, HeteroSolution
 from ppplan.partitioner.mixed_costs import MixedCosts
 from ppplan.partitioner.mixed_stages import mixed_baseline, mixed_stages, mixed_units
 from ppplan.partitioner.plan import (
-    PLAN_SCHEMA_MINOR,
     Baseline,
     ClusterInfo,
-    Metrics,
     Plan,
     Provenance,
-    Schedule,
     StagePlan,
-    WorkloadInfo,
 )
-from ppplan.partitioner.points import candidate, candidates, degrees_of, finite_ms, pareto_points
 from ppplan.partitioner.space import GIB
 
 __all__ = ["MixedChoice", "build_mixed_plan"]
@@ -52,14 +42,6 @@ class MixedChoice:
     evaluated: list[Evaluation]
     mode: str
     solver: SolverReport
-
-
-@functools.cache
-def _ppplan_version() -> str:
-    try:
-        return version("ppplan")
-    except PackageNotFoundError:
-        return "0+unknown"
 
 
 def _cluster(costs: MixedCosts, cut: HeteroCut) -> ClusterInfo:
@@ -86,60 +68,13 @@ def _cluster(costs: MixedCosts, cut: HeteroCut) -> ClusterInfo:
     )
 
 
-def _workload(costs: MixedCosts, best: Evaluation, mode: str) -> WorkloadInfo:
-    req, st, lay, wl = costs.req, costs.setup, best.layout, costs.workload
-    return WorkloadInfo(
-        prompt_tokens=st.prompt_tokens,
-        output_tokens=st.output_tokens,
-        concurrency=lay.sequences,
-        context=st.context,
-        concurrency_source="pinned" if mode == "pinned" else "searched",
-        prompt_tokens_sd=wl.prompt.sd or None,
-        output_tokens_sd=wl.output.sd or None,
-        kv_tokens_per_sequence=st.kv_tokens,
-        token_budget=st.token_budget,
-        request_rate=best.rate,
-        request_rate_source="given" if req.rate is not None else "closed loop at the planned concurrency",
-        engine=st.engine,
-    )
-
-
-def _schedule(best: Evaluation, stages: list[StagePlan]) -> Schedule:
-    lay = best.layout
-    m, p = lay.micro_batches, lay.pp
-    return Schedule(
-        micro_batches=m,
-        micro_batch_size=lay.micro_batch_size,
-        cycle_ms=best.cycle * 1e3,
-        bottleneck_stage=max(range(len(stages)), key=lambda k: stages[k].times.busy_ms),
-        bubble_fraction=1 - m / max(m, p),
-        description=f"{m} micro-batch(es) of {lay.micro_batch_size} sequences on {p} stage(s) of mixed GPUs: one "
-        f"cycle = max(M, PP) × slowest stage = {max(m, p)} × {best.bottleneck * 1e3:.3f} ms",
-        name=f"decode steady state, {m} micro-batch(es) in flight on {p} stage(s)"
-        + (" (M = PP: no bubble)" if m >= p else f" (M < PP: {1 - m / p:.0%} bubble)"),
-    )
-
-
 def _provenance(costs: MixedCosts, solver: SolverReport, solve_ms: float) -> Provenance:
+    """The first group's cost model; every kind's time source and efficiency."""
     descs = {name: c.cm.describe() for name, c in costs.kinds.items()}
-    first = descs[costs.setup.gpu.name]
-    eff: dict[str, object] = dict(first["efficiency"])  # type: ignore[call-overload]
+    eff: dict[str, object] = dict(descs[costs.setup.gpu.name]["efficiency"])  # type: ignore[call-overload]
     eff["by_gpu"] = {name: d["efficiency"] for name, d in descs.items()}
-    return Provenance(
-        profile_id=costs.profile.profile_id,
-        profile_kind=costs.profile.kind,
-        profile_label=costs.profile.label,
-        cost_model=str(first["cost_model"]),
-        time_source="; ".join(f"{name}: {d['time_source']}" for name, d in descs.items()),
-        efficiency=eff,
-        solver=solver.name,
-        optimal=solver.optimal,
-        gap=solver.gap,
-        solve_time_ms=solve_ms,
-        configs_evaluated=costs.evaluated,
-        ppplan_version=_ppplan_version(),
-        created=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-    )
+    time_source = "; ".join(f"{name}: {d['time_source']}" for name, d in descs.items())
+    return provenance(costs, solver, solve_ms, time_source=time_source, efficiency=eff)
 
 
 def _notes(choice: MixedChoice, stages: list[StagePlan], baselines: list[Baseline]) -> list[str]:
@@ -193,48 +128,17 @@ def _notes(choice: MixedChoice, stages: list[StagePlan], baselines: list[Baselin
 def build_mixed_plan(choice: MixedChoice, source: ModelSource, solve_ms: float) -> Plan:
     """The Plan of ``choice`` with its evidence and the engines' exports."""
     costs, best, cut = choice.costs, choice.best, choice.cut
-    req, profile = costs.req, costs.profile
     stages = mixed_stages(costs, best, cut)
     kv_cap = min(s.kv_capacity_tokens for s in stages)
-    metrics = Metrics(
-        throughput_tokens_per_s=best.throughput,
-        throughput_per_gpu=best.per_gpu,
-        tpot_ms=best.tpot * 1e3,
-        ttft_ms=best.ttft * 1e3,
-        ttft_p50_ms=finite_ms(best.ttft_p50),
-        ttft_p90_ms=finite_ms(best.ttft_p90),
-        tokens_per_s_per_user=1.0 / best.tpot if best.tpot > 0 else None,
-        capacity_requests_per_s=best.capacity,
-        kv_capacity_tokens=kv_cap,
-        max_concurrency=min(s.kv_capacity_sequences for s in stages),
-        slo_met=best.slo_met,
-        predicted_by=f"{profile.label} with {costs.cm.describe()['cost_model']} on "
-        + " + ".join(dict.fromkeys(s.gpu or "" for s in stages)),
-    )
     baselines = [mixed_baseline(costs, best, e, even, kv_cap) for e, even in choice.solution.baselines.items()]
-    body: dict[str, Any] = {
-        "schema_minor": PLAN_SCHEMA_MINOR,
-        "model": profile.model,
-        "model_source": source.source,
-        "request": req.model_dump(mode="json"),
+    parts = {
         "cluster": _cluster(costs, cut),
-        "workload": _workload(costs, best, choice.mode),
-        "objective": req.objective,
-        "weight_dtype": profile.weight_dtype,
-        "kv_dtype": profile.kv_dtype,
-        "quantization": profile.quantization,
-        "degrees": degrees_of(best.layout),
-        "partition": [s.num_decoder_layers for s in stages],
-        "stages": stages,
-        "schedule": _schedule(best, stages),
-        "metrics": metrics,
+        "schedule": schedule(best, stages, kinds=" of mixed GPUs"),
+        "metrics": metrics(costs, best, stages, " + ".join(dict.fromkeys(s.gpu or "" for s in stages))),
         "baselines": baselines,
-        "runner_ups": [candidate(e) for e in choice.runner_ups],
-        "pareto": pareto_points(choice.front, best),
-        "candidates": candidates([best, *choice.evaluated], best),
         "units": mixed_units(costs, best, stages),
         "provenance": _provenance(costs, choice.solver, solve_ms),
         "notes": _notes(choice, stages, baselines),
     }
-    draft = Plan(**body, exports={})
-    return draft.model_copy(update={"exports": export_plan(draft.model_dump(mode="json"), source.engine_ref)})
+    points = (choice.runner_ups, choice.front, choice.evaluated)
+    return assemble_plan(costs, source, best, stages, choice.mode, points, parts)

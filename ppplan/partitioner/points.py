@@ -1,15 +1,27 @@
 """The plan's points: degrees, scored candidates, the Pareto front with the plan on it, and the
-per-unit costs of the chosen layout."""
+per-stage and per-unit costs of the chosen layout."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 from ppplan.partitioner.costs import Costs, Evaluation
-from ppplan.partitioner.plan import Candidate, Degrees, StagePlan, UnitCost
+from ppplan.partitioner.plan import Candidate, Degrees, StageMemory, StagePlan, StageTimes, UnitCost
+from ppplan.partitioner.problem import stage_bounds
 from ppplan.partitioner.space import GIB, Layout
 
-__all__ = ["MAX_CANDIDATES", "candidate", "candidates", "degrees_of", "finite_ms", "pareto_points", "unit_costs"]
+__all__ = [
+    "MAX_CANDIDATES",
+    "candidate",
+    "candidates",
+    "degrees_of",
+    "finite_ms",
+    "pareto_points",
+    "stage_detail",
+    "stage_plan",
+    "unit_costs",
+]
 
 MAX_CANDIDATES = 300
 """Most scored configurations a plan lists (``candidates``)."""
@@ -34,15 +46,18 @@ def finite_ms(x: float) -> float | None:
 
 
 def candidate(e: Evaluation, chosen: Evaluation | None = None) -> Candidate:
+    """``e`` as a plan's point; a layout a request rate overloads (no steady TPOT at that rate) shows
+    its full-batch TPOT and what it sustains, marked as missing the SLOs."""
+    tpot = e.tpot if math.isfinite(e.tpot) else e.cycle
     return Candidate(
         degrees=degrees_of(e.layout),
         partition=list(e.sizes) if e.sizes else None,
         throughput_tokens_per_s=e.throughput,
         throughput_per_gpu=e.per_gpu,
-        tpot_ms=e.tpot * 1e3,
+        tpot_ms=tpot * 1e3,
         ttft_ms=e.ttft * 1e3,
-        slo_met=e.slo_met,
-        tokens_per_s_per_user=1.0 / e.tpot if e.tpot > 0 else None,
+        slo_met=e.slo_met and math.isfinite(e.tpot),
+        tokens_per_s_per_user=1.0 / tpot if tpot > 0 else None,
         ttft_p90_ms=finite_ms(e.ttft_p90) if e.loaded else None,
         chosen=chosen is not None and e.layout == chosen.layout,
     )
@@ -70,26 +85,115 @@ def candidates(evals: list[Evaluation], best: Evaluation) -> list[Candidate]:
     return [candidate(e, best) for e in out[:MAX_CANDIDATES]]
 
 
-def unit_costs(costs: Costs, best: Evaluation, stages: list[StagePlan]) -> list[UnitCost]:
-    lay = best.layout
-    dec = costs.decode(lay.tp, lay.micro_batch_size)
-    pre = costs.prefill(lay.tp)
-    w = costs.weights(lay.tp, lay.pp)
-    kv = costs.kv_bytes(lay.tp, lay.sequences)
-    stage_of = [s.index for s in stages for _ in range(s.units[0], s.units[1] + 1)]
-    out = []
-    for u, unit in enumerate(costs.profile.units):
-        name = "embedding" if unit.kind == "embed" else "lm_head" if unit.kind == "head" else f"layer {u - 1}"
-        out.append(
-            UnitCost(
-                index=u,
-                name=name,
-                kind=unit.kind,
-                stage=stage_of[u],
-                decode_ms=float(dec[u]) * 1e3,
-                prefill_ms=float(pre[u]) * 1e3,
-                weights_gib=float(w[u]) / GIB,
-                kv_cache_gib=float(kv[u]) / GIB,
-            )
+def stage_plan(
+    costs: Costs,
+    lay: Layout,
+    k: int,
+    layers: tuple[int, int],
+    *,
+    devices: list[int],
+    node: int,
+    send: float,
+    send_busy: float,
+    gpu: str | None = None,
+) -> StagePlan:
+    """Stage ``k`` of ``lay`` holding decoder ``layers`` (first, last) with ``costs``'s GPU kind: units,
+    times (ms), memory (GiB). ``send`` and ``send_busy`` are its boundary's seconds for a decode
+    micro-batch and for the busy tokens; ``gpu`` names the stage's kind on a mixed cluster."""
+    st = costs.setup
+    t, p, b = lay.tp, lay.pp, lay.micro_batch_size
+    a, z = layers
+    lo = 0 if k == 0 else a + 1
+    hi = z + 1 if k < p - 1 else st.layers + 1
+    units = slice(lo, hi + 1)
+    dec, pre = costs.decode(t, b), costs.prefill(t)
+    busy = float(dec[units].sum() + (b / st.output_tokens) * pre[units].sum()) + send_busy
+    weights = float(costs.weights(t, p)[units].sum())
+    kvb = float(costs.kv_bytes(t, lay.sequences)[units].sum())
+    wsb = float(costs.workspace(t, lay.sequences)[units].max())
+    per_seq = float(costs.kv_per_sequence(t)[units].sum())
+    total = weights + kvb + wsb + st.reserve_bytes
+    room = st.usable_bytes - weights - wsb - st.reserve_bytes
+    desc = costs.cm.describe()
+    on = f" on {gpu}" if gpu else ""
+    return StagePlan(
+        index=k,
+        units=(lo, hi),
+        decoder_layers=(a, z),
+        num_decoder_layers=z - a + 1,
+        has_embedding=k == 0,
+        has_lm_head=k == p - 1,
+        modules=[m for u in costs.profile.units[units] for m in u.modules],
+        devices=devices,
+        node=node,
+        gpu=gpu,
+        times=StageTimes(
+            decode_ms=float(dec[units].sum()) * 1e3,
+            prefill_ms=float(pre[units].sum()) * 1e3,
+            send_ms=send * 1e3,
+            busy_ms=busy * 1e3,
+            source=f"{desc['time_source']}{on} ({costs.profile.label}, {desc['cost_model']})",
+        ),
+        memory=StageMemory(
+            weights_gib=weights / GIB,
+            kv_cache_gib=kvb / GIB,
+            workspace_gib=wsb / GIB,
+            reserve_gib=st.reserve_bytes / GIB,
+            total_gib=total / GIB,
+            limit_gib=st.usable_bytes / GIB,
+            free_gib=(st.usable_bytes - total) / GIB,
+        ),
+        # tokens of average sequences: with sliding-window layers a sequence costs less than
+        # tokens × per-token bytes, so tokens = sequences × tokens each, not room / per-token bytes
+        kv_capacity_tokens=int(room / per_seq * st.kv_tokens) if per_seq > 0 else 0,
+        kv_capacity_sequences=room / per_seq if per_seq > 0 else math.inf,
+    )
+
+
+def stage_detail(costs: Costs, lay: Layout, sizes: tuple[int, ...] | list[int]) -> list[StagePlan]:
+    """Every stage of ``lay`` cut into ``sizes`` decoder layers: units, devices, times (ms), memory (GiB)."""
+    t, p, b = lay.tp, lay.pp, lay.micro_batch_size
+    inter = costs.inter_node(lay)
+    tokens = costs.busy_tokens(lay)
+    return [
+        stage_plan(
+            costs,
+            lay,
+            k,
+            layers,
+            devices=list(range(k * t, k * t + t)),
+            node=k * t // costs.setup.gpus_per_node,
+            send=costs.cm.send_time(b, inter[k]) if k < p - 1 else 0.0,
+            send_busy=costs.cm.send_time(tokens, inter[k]) if k < p - 1 else 0.0,
         )
+        for k, layers in enumerate(stage_bounds(sizes))
+    ]
+
+
+def unit_costs(
+    costs: Costs, best: Evaluation, stages: list[StagePlan], costs_of: Callable[[StagePlan], Costs] | None = None
+) -> list[UnitCost]:
+    """Per planning unit of ``best`` cut into ``stages``: times (ms) and bytes (GiB) on its stage's GPU
+    kind (``costs_of(stage)``; ``costs`` for every stage when not given)."""
+    lay = best.layout
+    out = []
+    for s in stages:
+        c = costs if costs_of is None else costs_of(s)
+        dec, pre = c.decode(lay.tp, lay.micro_batch_size), c.prefill(lay.tp)
+        w, kv = c.weights(lay.tp, lay.pp), c.kv_bytes(lay.tp, lay.sequences)
+        for u in range(s.units[0], s.units[1] + 1):
+            unit = costs.profile.units[u]
+            name = "embedding" if unit.kind == "embed" else "lm_head" if unit.kind == "head" else f"layer {u - 1}"
+            out.append(
+                UnitCost(
+                    index=u,
+                    name=name,
+                    kind=unit.kind,
+                    stage=s.index,
+                    decode_ms=float(dec[u]) * 1e3,
+                    prefill_ms=float(pre[u]) * 1e3,
+                    weights_gib=float(w[u]) / GIB,
+                    kv_cache_gib=float(kv[u]) / GIB,
+                )
+            )
     return out
