@@ -95,7 +95,11 @@ def main() -> None:
             f"{_gain(bl['trtllm']):>7} {f'{kv:+.1%}' if kv is not None else 'n/a':>10}  {part} / {vp}"
         )
     print("\nLlama-3.1-405B on 64xH100 (8 nodes), full search incl. the batch decision and the Pareto front:")
-    print(f"{'case':44} {'median ms':>9} {'min ms':>7} {'cuts':>5} {'TPxPPxR':>9} {'batch':>6} {'TPOT ms':>8}")
+    print("(wall: elapsed time; cpu: this process's CPU time, which a busy shared host disturbs less)")
+    print(
+        f"{'case':44} {'wall med':>8} {'cpu med':>8} {'cpu min':>8} {'cuts':>5} {'TPxPPxR':>9} {'batch':>6} "
+        f"{'TPOT ms':>8}"
+    )
     cases = {
         "throughput, no SLO": {},
         "throughput, TPOT <= 60 ms": {"max_tpot_ms": 60.0},
@@ -107,18 +111,23 @@ def main() -> None:
     medians = []
     for name, extra in cases.items():
         req = PlanRequest(model="llama-3.1-405b", gpus="64xH100", nodes=8, **extra)
-        times = []
+        times, cpu = [], []
         for _ in range(max(args.repeat, 10)):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             p = plan_request(req)
             times.append((time.perf_counter() - t0) * 1e3)
+            cpu.append((time.process_time() - c0) * 1e3)
         d = p.degrees
-        medians.append(statistics.median(times))
+        medians.append((statistics.median(times), statistics.median(cpu)))
         print(
-            f"{name:44} {statistics.median(times):9.1f} {min(times):7.1f} {p.provenance.configs_evaluated:5} "
-            f"{f'{d.tp}x{d.pp}x{d.replicas}':>9} {d.micro_batches * d.micro_batch_size:6} {p.metrics.tpot_ms:8.1f}"
+            f"{name:44} {statistics.median(times):8.1f} {statistics.median(cpu):8.1f} {min(cpu):8.1f} "
+            f"{p.provenance.configs_evaluated:5} {f'{d.tp}x{d.pp}x{d.replicas}':>9} "
+            f"{d.micro_batches * d.micro_batch_size:6} {p.metrics.tpot_ms:8.1f}"
         )
-    print(f"worst median {max(medians):.1f} ms (target < 100 ms on one core)")
+    print(
+        f"worst median: {max(m[0] for m in medians):.1f} ms wall, {max(m[1] for m in medians):.1f} ms CPU "
+        "(target < 100 ms on one core)"
+    )
 
 
 if __name__ == "__main__":

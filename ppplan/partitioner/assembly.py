@@ -214,9 +214,9 @@ def provenance(
     profile = costs.profile
     desc = costs.cm.describe()
     return Provenance(
-        profile_id=profile.profile_id,
+        profile_id=costs.profile_id,
         profile_kind=profile.kind,
-        profile_label=profile.label,
+        profile_label=costs.profile_label,
         cost_model=str(desc["cost_model"]),
         time_source=str(desc["time_source"]) if time_source is None else time_source,
         efficiency=cast(dict[str, object], desc["efficiency"]) if efficiency is None else efficiency,
@@ -264,7 +264,7 @@ def metrics(costs: Costs, best: Evaluation, stages: list[StagePlan], gpus: str) 
         kv_capacity_tokens=min(s.kv_capacity_tokens for s in stages),
         max_concurrency=min(s.kv_capacity_sequences for s in stages),
         slo_met=best.slo_met,
-        predicted_by=f"{costs.profile.label} with {costs.cm.describe()['cost_model']} on {gpus}",
+        predicted_by=f"{costs.profile_label} with {costs.cm.describe()['cost_model']} on {gpus}",
     )
 
 

@@ -40,11 +40,15 @@ def _ok(e: Evaluation) -> bool:
 
 
 def largest(ok: Callable[[int], bool], lo: int, hi: int) -> int | None:
-    """Largest b in [lo, hi] with ok(b), for ok true below a threshold; None when ok(lo) is false."""
-    if hi < lo or not ok(lo):
+    """Largest b in [lo, hi] with ok(b), for ok true below a threshold; None when ok(lo) is false.
+    ok(hi) is tried first: often no bound binds at the top (no SLO given), and then ok(lo) is not
+    needed."""
+    if hi < lo:
         return None
-    if ok(hi):  # no SLO binds (often: none given): no bisection
+    if ok(hi):
         return hi
+    if not ok(lo):
+        return None
     return bisect_largest(ok, lo, hi - 1)
 
 
@@ -92,7 +96,9 @@ class BatchSearch:
         self._opt: dict[tuple[int, int, int, int], Evaluation] = {}
         self._exact: dict[tuple[int, int, int, int], Evaluation] = {}
         self._bmax: dict[tuple[int, int], int] = {}
-        self._cuts: dict[Degrees3, tuple[int, ...]] = {}
+        self._grids: dict[tuple[int, int], list[int]] = {}
+        self._cuts: dict[tuple[int, int], tuple[int, ...]] = {}
+        """the last cut solved per (TP, PP): a cut of any replica count or batch of those degrees"""
 
     # ---- layouts and evaluations -------------------------------------------------------------
     def layout(self, d: Degrees3, b: int) -> Layout:
@@ -118,7 +124,7 @@ class BatchSearch:
         if hit is None:
             hit = self._exact[key] = self.costs.evaluate(self.layout(d, b))
             if hit.sizes is not None:
-                self._cuts[d] = hit.sizes
+                self._cuts[d[:2]] = hit.sizes
         return hit
 
     def at_known_cut(self, d: Degrees3, b: int) -> Evaluation:
@@ -127,8 +133,8 @@ class BatchSearch:
         known = self._exact.get((*d, b))
         if known is not None:
             return known
-        if d in self._cuts:
-            e = self.costs.with_cut(self.layout(d, b), self._cuts[d])
+        if d[:2] in self._cuts:
+            e = self.costs.with_cut(self.layout(d, b), self._cuts[d[:2]])
             if e is not None:
                 return e
         return self.exact(d, b)
@@ -139,8 +145,8 @@ class BatchSearch:
         if not _ok(self.optimistic(d, b)):
             return False
         known = self._exact.get((*d, b))
-        if known is None and d in self._cuts:
-            e = self.costs.with_cut(self.layout(d, b), self._cuts[d])
+        if known is None and d[:2] in self._cuts:
+            e = self.costs.with_cut(self.layout(d, b), self._cuts[d[:2]])
             if e is not None and _ok(e):
                 return True
         return _ok(known if known is not None else self.exact(d, b))
@@ -162,9 +168,12 @@ class BatchSearch:
     def grid(self, d: Degrees3) -> list[int]:
         """Micro-batch sizes the optimistic search visits: 1, 2, 3, 4, 6, 8, 12, … (steps of at most
         a half, so that the degrees share their cost vectors) and the memory limit."""
-        top = self.max_b(d)
-        out = [b for b in _GRID if b < top]
-        return [*out, top] if top else []
+        key = (d[0], d[1])
+        hit = self._grids.get(key)
+        if hit is None:
+            top = self.max_b(d)
+            hit = self._grids[key] = [*(b for b in _GRID if b < top), top] if top else []
+        return hit
 
     # ---- the choice ---------------------------------------------------------------------------
     def optimistic_choice(self, d: Degrees3) -> tuple[int, Evaluation]:

@@ -16,6 +16,7 @@ as a benchmark at fixed concurrency does: prefill queueing, no wait for a free s
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import replace
 
@@ -88,6 +89,16 @@ class Costs:
                 w[-1] = self.cm.replicated[-1]
             self._weights_cache[key] = w
         return self._weights_cache[key]
+
+    @functools.cached_property
+    def profile_label(self) -> str:
+        """The profile's label (its id is a hash of the whole profile: computed once per search)."""
+        return self.profile.label
+
+    @functools.cached_property
+    def profile_id(self) -> str:
+        """The profile's content id (computed once per search)."""
+        return self.profile.profile_id
 
     def kv_bytes(self, tp: int, sequences: int) -> np.ndarray:
         """KV-cache bytes per GPU of each unit for ``sequences`` per replica at ``tp`` GPUs per stage
@@ -328,8 +339,14 @@ class Costs:
         stable = rate <= cap
         # bounds suffice for branch and bound unless the load decides: the queueing model at the
         # optimistic costs is still optimistic (latencies only grow with the stage times)
-        loaded = given is not None or self.req.max_ttft_ms is not None or (exact and load)
-        if loaded:
+        req = self.req
+        loaded = given is not None or req.max_ttft_ms is not None or (exact and load)
+        # an optimistic point its bounds already rule out needs no queueing model
+        ruled_out = not exact and (
+            (req.max_tpot_ms is not None and tpot * 1e3 > req.max_tpot_ms)
+            or (req.max_ttft_ms is not None and idle * 1e3 > req.max_ttft_ms)
+        )
+        if loaded and not ruled_out:
             # a closed loop at the planned concurrency (no rate given) never waits for a seat
             seats = rc if given is not None else replace(rc, max_seqs=_CLOSED_LOOP_SEATS * lay.sequences + 64)
             pred = closed_form(seats, self.workload, rate)

@@ -132,7 +132,7 @@ def stage_plan(
             prefill_ms=float(pre[units].sum()) * 1e3,
             send_ms=send * 1e3,
             busy_ms=busy * 1e3,
-            source=f"{desc['time_source']}{on} ({costs.profile.label}, {desc['cost_model']})",
+            source=f"{desc['time_source']}{on} ({costs.profile_label}, {desc['cost_model']})",
         ),
         memory=StageMemory(
             weights_gib=weights / GIB,

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from itertools import accumulate
 from typing import Literal
 
+import numpy as np
+
 from ppplan.core.errors import PpplanError
 
 __all__ = [
@@ -124,10 +126,12 @@ def _check_unit_vector(name: str, vec: tuple[float, ...] | None, n: int) -> None
         return
     if len(vec) != n:
         raise PpplanError(name, rule=f"has {len(vec)} entries, time has {n}; one per unit is required")
-    for i, v in enumerate(vec):
-        if not math.isfinite(v) or v < 0:
-            raise PpplanError(f"{name}[{i}]", value=v, rule="must be a finite number ≥ 0")
-    total = sum(vec)
+    arr = np.asarray(vec, dtype=float)
+    bad = np.flatnonzero(~(np.isfinite(arr) & (arr >= 0)))  # one vector check; the loop only to name the entry
+    if bad.size:
+        i = int(bad[0])
+        raise PpplanError(f"{name}[{i}]", value=vec[i], rule="must be a finite number ≥ 0")
+    total = float(arr.sum())
     if not math.isfinite(total) or total > 1e300:
         raise PpplanError(name, rule="the sum of its entries overflows a float; scale the values down")
 

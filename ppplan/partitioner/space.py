@@ -253,7 +253,8 @@ def layouts(req: PlanRequest, setup: Setup, tps: list[int]) -> Iterator[Layout]:
 
 def inter_node(setup: Setup, tp: int, pp: int, replicas: int) -> list[bool]:
     """For each stage boundary: does any replica's send cross nodes?"""
-    per = tp * pp
-    return [
-        any((rho * per + (k + 1) * tp) % setup.gpus_per_node == 0 for rho in range(replicas)) for k in range(pp - 1)
-    ]
+    per, gpn = tp * pp, setup.gpus_per_node
+    # boundary k of replica rho sits after GPU rho·per + (k+1)·tp: it crosses nodes when that is a
+    # multiple of the node size; the replicas' offsets modulo the node size decide it for all k
+    offsets = {rho * per % gpn for rho in range(min(replicas, gpn))}
+    return [(-(k + 1) * tp) % gpn in offsets for k in range(pp - 1)]
