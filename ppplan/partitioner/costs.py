@@ -113,23 +113,6 @@ class Costs:
         """Transient bytes per GPU of each unit while it runs a prefill chunk."""
         return self.cm.workspace_bytes(tp, self.req.prefill_chunk_tokens, sequences)
 
-    def kv_capacity_tokens(self, e: Evaluation) -> int:
-        """KV tokens per replica the tightest stage of ``e``'s cut holds with all its free memory
-        (the mean stage when ``e`` has no cut)."""
-        lay, st = e.layout, self.setup
-        mem = self.layer_memory(lay.tp, lay.pp, lay.sequences)
-        per_seq = self.kv_per_sequence(lay.tp)[1:-1].copy()
-        per_seq[0] += self.kv_per_sequence(lay.tp)[0]
-        per_seq[-1] += self.kv_per_sequence(lay.tp)[-1]
-        sizes = e.sizes or (len(per_seq),)
-        bounds = np.cumsum((0, *sizes))
-        used = np.add.reduceat(mem.memory - mem.kv, bounds[:-1]) + np.maximum.reduceat(mem.peak, bounds[:-1])
-        seq = np.add.reduceat(per_seq, bounds[:-1])
-        room = np.maximum(st.limit_bytes - used, 0.0)
-        with np.errstate(divide="ignore"):
-            seqs = np.where(seq > 0, room / seq, np.inf)
-        return int(float(np.min(seqs)) * st.kv_tokens) if np.isfinite(np.min(seqs)) else 0
-
     def make_layout(self, tp: int, pp: int, replicas: int, sequences: int) -> Layout:
         """The layout of ``sequences`` per replica on these degrees (a subclass adds its own degrees)."""
         return layout_of(tp, pp, replicas, sequences)

@@ -243,10 +243,6 @@ class MixedCosts(Costs):
         cut = evaluate_hetero_cut(self.hetero_problem(lay), order, counts, sizes)
         return self.score(lay, cut) if cut.fits else None
 
-    def kv_capacity_tokens(self, e: Evaluation) -> int:
-        """Not used on mixed clusters: the plan's stages carry their own capacity."""
-        return 0
-
     def shortfall_text(self, tp: int) -> str:
         """What one pipeline at TP ``tp`` needs against what the cluster's stage slots hold (GiB)."""
         mem = self.layer_memory(tp, 2, 1)

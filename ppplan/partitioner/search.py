@@ -29,6 +29,7 @@ from ppplan.partitioner.bounds import (
 from ppplan.partitioner.costs import Costs, Evaluation
 from ppplan.partitioner.expert_costs import expert_families
 from ppplan.partitioner.plan import Plan
+from ppplan.partitioner.points import kv_capacity_tokens
 from ppplan.partitioner.request import PlanRequest
 from ppplan.partitioner.space import InfeasibleError, PlanningError, Setup, check_request, degrees, valid_tp_degrees
 
@@ -128,7 +129,7 @@ def _family_note(families: list[_Family], chosen: _Family) -> str:
         e = f.found.evaluations[0]
         lay = e.layout
         kind = f"DP-attention {lay.attention_dp} + EP {lay.ep}" if lay.ep > 1 else "TP"
-        cap = f.costs.kv_capacity_tokens(e)
+        cap = kv_capacity_tokens(f.costs, e)
         parts.append(
             f"{kind}: TP{lay.tp // lay.attention_dp}×PP{lay.pp}×{lay.replicas} {e.per_gpu:,.0f} tok/s/GPU, "
             f"TPOT {e.tpot * 1e3:.1f} ms, KV {cap:,} tokens per replica" + (" (chosen)" if f is chosen else "")
