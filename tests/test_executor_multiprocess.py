@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -96,7 +97,10 @@ def test_run_stored_plan_stores_measurements_and_calibrates(tmp_path: Path) -> N
     assert res.returncode == 0, res.stderr
     report = json.loads(out.read_text())
     assert report["plan_id"] == plan_id and report["check"]["passed"] and report["comparable"]
-    rows = stored_measurements(plan_id)
+    # this run's rows (other tests may have stored rows for the same plan: plan ids are content hashes)
+    run_id = re.search(r"\(run (run-[0-9a-f]+)\)", res.stderr)
+    assert run_id is not None, res.stderr
+    rows = stored_measurements(plan_id, run_id.group(1))
     assert rows is not None and len(rows) == 4
     assert {(r["stage"], r["phase"]) for r in rows} == {(0, "prefill"), (0, "decode"), (1, "prefill"), (1, "decode")}
     assert "stored profile" in res.stdout and "replan with" in res.stdout
