@@ -76,3 +76,19 @@ def test_prefill_beats_the_roofline_share_only_where_shapes_allow() -> None:
     # TP8 does not scale perfectly: small shards, one KV head per GPU and two all-reduces
     assert t1 / t8 < 8 * 0.8
     assert t8 == pytest.approx(160e-6, rel=0.15)
+
+
+@pytest.mark.parametrize("model", ["gemma-3-27b", "llama-3.1-8b", "qwen2.5-72b"])
+def test_every_unit_is_within_sight_of_its_roofline(model: str) -> None:
+    """A tied LM head counts the matrix's bytes but only the norm's parameters: its bytes per element
+    must not come from that ratio (gemma-3's head once took 32 s per decode step)."""
+    from ppplan.core.costmodel import CostModel
+    from ppplan.core.gpus import get_gpu
+    from ppplan.partitioner.request import PlanRequest
+    from ppplan.profiler.resolve import resolve_inputs
+
+    prof, _ = resolve_inputs(PlanRequest(model=model, gpus="1xH100"))
+    gpu = get_gpu("H100")
+    kernel = CostModel(prof, gpu).unit_times(1, "decode", 8, 2048)
+    roofline = CostModel(prof, gpu, roofline=True).unit_times(1, "decode", 8, 2048)
+    assert (kernel < 10 * roofline + 1e-3).all(), (kernel / roofline).max()

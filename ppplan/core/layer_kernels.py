@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from ppplan.core.dtypes import element_bytes
 from ppplan.core.gpus import GPUSpec
 from ppplan.core.kernels import (
     KernelFit,
@@ -73,6 +74,9 @@ class UnitShapes:
         qkv, inter, e_inter, in_b, vocab = [], [], [], [], []
         for u in profile.units:
             bpp = u.weight_bytes / u.params if u.params else 2.0
+            if u.kind == "head" and not 0 < bpp <= 8:
+                # a head tied to the embedding counts the matrix's bytes but only the norm's parameters
+                bpp = element_bytes(profile.act_dtype)
             lin = u.linear_flops_per_token / 2.0
             std = u.kind == "decoder" and u.attention in ("full", "sliding")
             kv = u.kv_proj_bytes / bpp
