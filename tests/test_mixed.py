@@ -172,3 +172,11 @@ def test_cpsat_re_solves_the_chosen_placement() -> None:
     dp, cp = _plan(**kw), _plan(**kw, solver="cpsat")
     assert "cp-sat" in cp["provenance"]["solver"] and validate_plan(cp) == []
     assert cp["schedule"]["cycle_ms"] == pytest.approx(dp["schedule"]["cycle_ms"], rel=1e-6)
+
+
+def test_the_readme_cluster_example_plans() -> None:
+    """The README's ``--cluster examples/cluster.json`` runs as printed."""
+    example = Path(__file__).resolve().parents[1] / "examples" / "cluster.json"
+    res = runner.invoke(app, ["plan", "llama-3.1-70b", "--cluster", str(example), "--no-save", "--export", "vllm"])
+    assert res.exit_code == 0, res.stdout + res.stderr
+    assert "--master-addr a100-node-0" in res.stdout or "--master-addr h100-node-0" in res.stdout
