@@ -260,7 +260,7 @@ class Costs:
         return pr
 
     def _decode_sum(self, tp: int, batch: int) -> float:
-        key = (tp, -batch)  # negative keys: sums, beside the per-unit times of the same cache
+        key = (tp, batch)
         if key not in self._sum_cache:
             self._sum_cache[key] = float(self.decode(tp, batch).sum())
         return self._sum_cache[key]
@@ -289,10 +289,6 @@ class Costs:
             token_budget=st.token_budget,
             max_seqs=lay.sequences,
         )
-
-    def ttft(self, lay: Layout) -> float:
-        """Seconds to the first token on an idle replica at the optimistic (balanced) cut."""
-        return idle_ttft(self.replica_cost(lay, 0.0), self.setup.prompt_tokens)
 
     # ---- scoring ----------------------------------------------------------------------------------
     def scored(

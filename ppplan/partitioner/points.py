@@ -6,8 +6,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-import numpy as np
-
 from ppplan.partitioner.costs import Costs, Evaluation
 from ppplan.partitioner.plan import Candidate, Degrees, StageMemory, StagePlan, StageTimes, UnitCost
 from ppplan.partitioner.problem import stage_bounds
@@ -203,18 +201,7 @@ def unit_costs(
 
 
 def kv_capacity_tokens(costs: Costs, e: Evaluation) -> int:
-    """KV tokens per replica the tightest stage of ``e``'s cut holds with all its free memory
-    (the mean stage when ``e`` has no cut)."""
-    lay, st = e.layout, costs.setup
-    mem = costs.layer_memory(lay.tp, lay.pp, lay.sequences)
-    per_seq = costs.kv_per_sequence(lay.tp)[1:-1].copy()
-    per_seq[0] += costs.kv_per_sequence(lay.tp)[0]
-    per_seq[-1] += costs.kv_per_sequence(lay.tp)[-1]
-    sizes = e.sizes or (len(per_seq),)
-    bounds = np.cumsum((0, *sizes))
-    used = np.add.reduceat(mem.memory - mem.kv, bounds[:-1]) + np.maximum.reduceat(mem.peak, bounds[:-1])
-    seq = np.add.reduceat(per_seq, bounds[:-1])
-    room = np.maximum(st.limit_bytes - used, 0.0)
-    with np.errstate(divide="ignore"):
-        seqs = np.where(seq > 0, room / seq, np.inf)
-    return int(float(np.min(seqs)) * st.kv_tokens) if np.isfinite(np.min(seqs)) else 0
+    """KV tokens per replica the tightest stage of ``e``'s cut holds with all its free memory: the
+    figure the plan's stages report (``e`` must carry its cut)."""
+    assert e.sizes is not None
+    return min(s.kv_capacity_tokens for s in stage_detail(costs, e.layout, e.sizes))

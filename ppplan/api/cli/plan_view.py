@@ -168,6 +168,13 @@ def _points(title: str, pts: list[dict[str, Any]], mark: bool) -> Table:
     return r
 
 
+def _around_chosen(points: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
+    """At most ``n`` consecutive points of the front, the plan's among them."""
+    at = next((i for i, x in enumerate(points) if x.get("chosen")), 0)
+    start = max(0, min(at - n // 2, len(points) - n))
+    return points[start : start + n]
+
+
 def print_plan(
     d: dict[str, Any], plan_id: str | None = None, *, wide: bool = False, defaults: list[str] | None = None
 ) -> None:
@@ -183,8 +190,8 @@ def print_plan(
         if d["runner_ups"]:
             console.print(_points("runner-ups (best batch of other degrees)", d["runner_ups"], mark=False))
         if d.get("pareto"):
-            limit = None if wide else 8
-            console.print(_points("Pareto front (▶ = this plan)", d["pareto"][:limit], mark=True))
+            shown = d["pareto"] if wide else _around_chosen(d["pareto"], 8)
+            console.print(_points("Pareto front (▶ = this plan)", shown, mark=True))
         pv, m = d["provenance"], d["metrics"]
         console.print(
             f"predicted by {m['predicted_by']}; solver {pv['solver']}, optimal={pv['optimal']} "
